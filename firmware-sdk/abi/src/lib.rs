@@ -1,0 +1,152 @@
+//! Weir guest ABI v1: the names, status codes and record keys that host and
+//! guest agree on. The contract itself is described in `firmware-sdk/ABI.md`;
+//! this crate only gives its constants one home so neither side can drift.
+//!
+//! # Layout
+//! - [`exports`]: symbols a module exports.
+//! - [`imports`]: host functions a module may import, and the grant each needs.
+//! - [`status`]: values returned by `weir_transform` / `weir_init`.
+//! - [`hostcall`]: negative values returned by host functions.
+//! - [`record`]: keys of the CBOR record map.
+#![no_std]
+#![warn(missing_docs)]
+
+/// The ABI version this crate describes.
+pub const VERSION: u32 = 1;
+
+/// Module name of every host import.
+pub const IMPORT_MODULE: &str = "weir";
+
+/// Symbols a module exports.
+pub mod exports {
+    /// Marker function `() -> ()`; its name carries the ABI version.
+    pub const ABI_MARKER: &str = "weir_abi_v1";
+    /// Prefix of any ABI marker, used to report unsupported versions.
+    pub const ABI_MARKER_PREFIX: &str = "weir_abi_v";
+    /// The module's linear memory.
+    pub const MEMORY: &str = "memory";
+    /// `(size: i32) -> i32`: a buffer of at least `size` bytes, 0 if none.
+    pub const ALLOC: &str = "weir_alloc";
+    /// `(ptr: i32, len: i32) -> i32`: process one CBOR record, return a status.
+    pub const TRANSFORM: &str = "weir_transform";
+    /// Optional `(ptr: i32, len: i32) -> i32`: receive the stage config (CBOR map).
+    pub const INIT: &str = "weir_init";
+}
+
+/// Host functions, all in module [`IMPORT_MODULE`](crate::IMPORT_MODULE).
+pub mod imports {
+    /// `emit(ptr: i32, len: i32) -> i32`. Always available.
+    pub const EMIT: &str = "emit";
+    /// `log(level: i32, ptr: i32, len: i32) -> i32`. Grant `log`.
+    pub const LOG: &str = "log";
+    /// `clock_now_ms() -> i64`. Grant `clock`.
+    pub const CLOCK_NOW_MS: &str = "clock_now_ms";
+    /// `state_get(kptr, klen, vptr, vcap: i32) -> i32`. Grant `state`.
+    pub const STATE_GET: &str = "state_get";
+    /// `state_set(kptr, klen, vptr, vlen: i32) -> i32`. Grant `state`.
+    pub const STATE_SET: &str = "state_set";
+    /// `state_delete(kptr, klen: i32) -> i32`. Grant `state`.
+    pub const STATE_DELETE: &str = "state_delete";
+
+    /// Every import with the grant it needs (`None`: always granted).
+    pub const ALL: &[(&str, Option<&str>)] = &[
+        (EMIT, None),
+        (LOG, Some("log")),
+        (CLOCK_NOW_MS, Some("clock")),
+        (STATE_GET, Some("state")),
+        (STATE_SET, Some("state")),
+        (STATE_DELETE, Some("state")),
+    ];
+
+    /// The grant an import needs: `Some(None)` if always available,
+    /// `None` if the host does not know the import at all.
+    pub fn grant_for(name: &str) -> Option<Option<&'static str>> {
+        ALL.iter().find(|(n, _)| *n == name).map(|(_, g)| *g)
+    }
+
+    /// Names a manifest may grant.
+    pub const GRANTS: &[&str] = &["log", "clock", "state"];
+}
+
+/// Values returned by `weir_transform` and `weir_init`.
+pub mod status {
+    /// Success. What was emitted is the output (nothing emitted: the record is dropped).
+    pub const OK: i32 = 0;
+    /// The guest could not decode its input.
+    pub const ERR_INPUT: i32 = 1;
+    /// The transform itself failed (application error).
+    pub const ERR_TRANSFORM: i32 = 2;
+    /// The guest ran out of its own resources (buffer, table).
+    pub const ERR_RESOURCE: i32 = 3;
+    /// The stage config given to `weir_init` was rejected.
+    pub const ERR_CONFIG: i32 = 4;
+
+    /// A short name for a status, for logs and counters.
+    pub fn name(code: i32) -> &'static str {
+        match code {
+            OK => "ok",
+            ERR_INPUT => "input",
+            ERR_TRANSFORM => "transform",
+            ERR_RESOURCE => "resource",
+            ERR_CONFIG => "config",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Negative values returned by host functions (0 or more means success).
+pub mod hostcall {
+    /// A pointer or length lies outside the module's memory.
+    pub const E_BOUNDS: i32 = -1;
+    /// The stage's `max_outputs` per record was reached.
+    pub const E_TOO_MANY_OUTPUTS: i32 = -2;
+    /// A size limit was reached (`max_output_bytes`, state size).
+    pub const E_TOO_LARGE: i32 = -3;
+    /// An emitted buffer is not a valid record.
+    pub const E_MALFORMED: i32 = -4;
+    /// `state_get`/`state_delete`: no such key. Does not fail the record.
+    pub const E_NOT_FOUND: i32 = -5;
+    /// Another invalid argument (for example an unknown log level).
+    pub const E_INVALID: i32 = -6;
+
+    /// A short name for a host-call result, for logs.
+    pub fn name(code: i32) -> &'static str {
+        match code {
+            E_BOUNDS => "out of bounds",
+            E_TOO_MANY_OUTPUTS => "too many outputs",
+            E_TOO_LARGE => "too large",
+            E_MALFORMED => "malformed record",
+            E_NOT_FOUND => "not found",
+            E_INVALID => "invalid argument",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Log levels for the `log` import.
+pub mod level {
+    /// Error.
+    pub const ERROR: i32 = 0;
+    /// Warning.
+    pub const WARN: i32 = 1;
+    /// Information.
+    pub const INFO: i32 = 2;
+    /// Debug.
+    pub const DEBUG: i32 = 3;
+    /// Trace.
+    pub const TRACE: i32 = 4;
+}
+
+/// Keys of the CBOR record map exchanged between host and guest.
+pub mod record {
+    /// Text: the source that produced the record (`serial0`, `mqtt-local`, ...).
+    pub const SOURCE: &str = "source";
+    /// Text: MQTT topic or other subject.
+    pub const TOPIC: &str = "topic";
+    /// Unsigned: receive time at the gateway, milliseconds since the Unix epoch.
+    pub const TS: &str = "ts";
+    /// Map of text to text: metadata. Optional; absent means empty.
+    pub const HEADERS: &str = "headers";
+    /// Any CBOR data item, usually a map of sensor fields.
+    pub const PAYLOAD: &str = "payload";
+}

@@ -1,0 +1,85 @@
+//! The `weir` command line. One file per subcommand; this file parses
+//! arguments, sets up logging and maps errors to exit codes:
+//! 0 success, 1 runtime or usage error, 2 refused module or invalid config.
+
+mod check;
+mod module;
+mod output;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: IoT gateway telemetry processor with sandboxed Wasm transforms.
+#[derive(Parser)]
+#[command(name = "weir", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect or try out a transform module.
+    #[command(subcommand)]
+    Module(module::ModuleCommand),
+    /// Run the configured pipelines over JSON-lines records (a file or stdin),
+    /// writing results to stdout.
+    Run(run::RunArgs),
+    /// Validate a config and load every module it names.
+    Check(check::CheckArgs),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// A refused module or an invalid config (exit 2).
+    pub fn refused(error: impl Into<anyhow::Error>) -> Self {
+        Failure { code: 2, error: error.into() }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure { code: 1, error: error.into() }
+    }
+}
+
+/// Entry point of the `weir` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Module(cmd) => module::run(cmd),
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Logs go to stderr; `WEIR_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("WEIR_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,223 @@
+//! `weir module inspect` and `weir module test`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{output, Failure};
+use crate::config::ByteSize;
+use crate::pipeline::{Grant, Isolation, Limits, Runtime, Stage, StageSpec};
+use crate::record::{now_ms, JsonInput};
+
+#[derive(Subcommand)]
+pub(super) enum ModuleCommand {
+    /// Show a module's ABI version, imports, exports, size and the grants it needs.
+    Inspect(InspectArgs),
+    /// Run each input record through a module and print outputs, fuel, time and errors.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+pub(super) struct InspectArgs {
+    /// The module (.wasm).
+    file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct TestArgs {
+    /// The module (.wasm).
+    file: PathBuf,
+    /// Grant a capability (log, clock, state); repeat for several.
+    #[arg(long = "grant", value_parser = parse_grant)]
+    grants: Vec<Grant>,
+    /// JSON-lines records (`-` or absent: stdin).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Stage config entry for `weir_init`, as KEY=VALUE with a TOML value.
+    #[arg(long = "set", value_parser = parse_set)]
+    set: Vec<(String, toml::Value)>,
+    /// Fuel per record.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory cap, for example "4 MiB".
+    #[arg(long)]
+    memory: Option<ByteSize>,
+    /// Most outputs per record.
+    #[arg(long)]
+    max_outputs: Option<u32>,
+    /// A fresh instance for every record.
+    #[arg(long)]
+    per_record: bool,
+    /// Topic for bare payloads; `{field}` takes the payload's field.
+    #[arg(long, default_value = "sensors/{id}/telemetry")]
+    topic: String,
+    /// Print one JSON object per record instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_grant(s: &str) -> Result<Grant, String> {
+    Grant::parse(s).ok_or_else(|| format!("unknown grant `{s}` (known: log, clock, state)"))
+}
+
+fn parse_set(s: &str) -> Result<(String, toml::Value), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    let table: toml::Table = format!("v = {v}")
+        .parse()
+        .or_else(|_| format!("v = {:?}", v).parse())
+        .map_err(|e| format!("bad value for `{k}`: {e}"))?;
+    Ok((k.to_owned(), table["v"].clone()))
+}
+
+pub(super) fn run(cmd: ModuleCommand) -> Result<(), Failure> {
+    match cmd {
+        ModuleCommand::Inspect(a) => inspect(a),
+        ModuleCommand::Test(a) => test(a),
+    }
+}
+
+fn inspect(args: InspectArgs) -> Result<(), Failure> {
+    let module = Runtime::new().compile_file(&args.file).map_err(Failure::refused)?;
+    let i = module.info();
+    if args.json {
+        let v = json!({
+            "file": i.name,
+            "size_bytes": i.size_bytes,
+            "abi_version": i.abi_version,
+            "abi_problems": i.abi_problems,
+            "grants_needed": i.grants_needed,
+            "memory_pages": i.memory_pages.map(|(min, max)| json!({"initial": min, "maximum": max})),
+            "imports": i.imports.iter().map(|(m, n, s)| json!({"module": m, "name": n, "type": s})).collect::<Vec<_>>(),
+            "exports": i.exports.iter().map(|(n, s)| json!({"name": n, "type": s})).collect::<Vec<_>>(),
+        });
+        println!("{v:#}");
+    } else {
+        println!("file:          {}", i.name);
+        println!("size:          {} bytes", i.size_bytes);
+        match i.abi_version {
+            Some(v) => println!("abi version:   {v}"),
+            None => println!("abi version:   none (no weir_abi_v<N> export)"),
+        }
+        if let Some((min, max)) = i.memory_pages {
+            let max = max.map_or("none".to_string(), |m| m.to_string());
+            println!("memory:        {min} pages initial, maximum {max}");
+        }
+        let grants: Vec<_> = i.grants_needed.iter().copied().collect();
+        println!("grants needed: {}", if grants.is_empty() { "none".into() } else { grants.join(", ") });
+        println!("imports:");
+        for (m, n, s) in &i.imports {
+            println!("  {m}.{n}: {s}");
+        }
+        println!("exports:");
+        for (n, s) in &i.exports {
+            println!("  {n}: {s}");
+        }
+        for p in &i.abi_problems {
+            println!("problem:       {p}");
+        }
+    }
+    if let Some(p) = i.abi_problems.first() {
+        return Err(Failure::refused(anyhow::anyhow!("{}: {p}", i.name)));
+    }
+    Ok(())
+}
+
+fn test(args: TestArgs) -> Result<(), Failure> {
+    let rt = Runtime::new();
+    let module = rt.compile_file(&args.file).map_err(Failure::refused)?;
+    let d = Limits::default();
+    let limits = Limits {
+        fuel: args.fuel.unwrap_or(d.fuel),
+        memory_bytes: args.memory.map_or(d.memory_bytes, |m| m.0),
+        max_outputs: args.max_outputs.unwrap_or(d.max_outputs),
+        ..d
+    };
+    let config: toml::Table = args.set.into_iter().collect();
+    let spec = StageSpec {
+        label: args.file.display().to_string(),
+        module,
+        grants: args.grants,
+        limits,
+        isolation: if args.per_record { Isolation::PerRecord } else { Isolation::Reuse },
+        config: serde_cbor::to_vec(&config)?,
+        quarantine_after: u32::MAX,
+    };
+    let mut stage = Stage::new(rt.engine(), spec).map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", args.file.display())))?;
+    let parser = JsonInput {
+        source: "test".into(),
+        topic_template: args.topic,
+    };
+    let reader: Box<dyn BufRead> = match args.input.as_deref() {
+        None => Box::new(std::io::stdin().lock()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
+        )),
+    };
+    let (mut ok, mut dropped, mut failed, mut invalid) = (0u64, 0u64, 0u64, 0u64);
+    let mut n = 0u64;
+    for (lineno, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        n += 1;
+        let rec = match parser.parse(&line, now_ms()) {
+            Ok(r) => r,
+            Err(e) => {
+                invalid += 1;
+                if args.json {
+                    println!("{}", json!({"line": lineno + 1, "invalid_input": e.to_string()}));
+                } else {
+                    println!("record {n} (line {}): invalid input: {e}", lineno + 1);
+                }
+                continue;
+            }
+        };
+        let cbor = rec.to_cbor();
+        let start = Instant::now();
+        let result = stage.process(&cbor).map(|o| o.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
+        let micros = start.elapsed().as_secs_f64() * 1e6;
+        let fuel = stage.last_fuel();
+        match result {
+            Ok(outputs) => {
+                let outs: Vec<_> = outputs.iter().map(|o| output::record_json(None, o)).collect();
+                if outs.is_empty() { dropped += 1 } else { ok += 1 }
+                if args.json {
+                    println!("{}", json!({"line": lineno + 1, "status": "ok", "fuel": fuel, "micros": micros, "outputs": outs}));
+                } else {
+                    let what = if outs.is_empty() { "dropped".to_string() } else { format!("{} output(s)", outs.len()) };
+                    println!("record {n}: ok, {what}, fuel {fuel}, {micros:.1} µs");
+                    for o in outs {
+                        println!("  {o}");
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    println!("{}", json!({"line": lineno + 1, "status": "error", "kind": e.kind().as_str(), "error": e.to_string(), "fuel": fuel, "micros": micros}));
+                } else {
+                    println!("record {n}: error ({}): {e}, fuel {fuel}, {micros:.1} µs", e.kind());
+                }
+            }
+        }
+    }
+    let summary = format!(
+        "{n} records: {ok} emitted, {dropped} dropped, {failed} failed, {invalid} invalid input; state {} keys / {} bytes",
+        stage.state().len(),
+        stage.state().bytes()
+    );
+    if args.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The gateway's one TOML config (`/etc/weir/weir.toml` in production).
+//!
+//! Every error names the file and the key: parse and type errors through
+//! `serde_path_to_error`, semantic errors through [`Config::validate`].
+//! The reference of every key is in the README ("Configuration").
+
+mod size;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use size::{parse_size, ByteSize};
+
+use crate::pipeline::{ErrorPolicy, Grant, Isolation, Limits};
+
+/// A config error: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// The offending key, as a path (`pipeline[0].stage[1].limits.fuel`).
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The whole gateway config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[gateway]`: identity and paths.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// `[defaults]`: defaults for every pipeline and stage.
+    #[serde(default)]
+    pub defaults: DefaultsConfig,
+    /// `[[pipeline]]`: the pipelines, each an ordered chain of stages.
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineConfig>,
+    /// The directory of the config file (modules resolve against it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The config file, for error messages.
+    #[serde(skip)]
+    pub file: String,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// This gateway's id, used in topics and message ids.
+    #[serde(default = "default_gateway_id")]
+    pub id: String,
+    /// Where relative module paths resolve (default: the config file's directory).
+    pub modules_dir: Option<PathBuf>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            id: default_gateway_id(),
+            modules_dir: None,
+        }
+    }
+}
+
+fn default_gateway_id() -> String {
+    "weir".into()
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsConfig {
+    /// `[defaults.limits]`: limits for every stage unless overridden.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Limits as written in the config; unset keys inherit.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Fuel per record (a deterministic bound on CPU work).
+    pub fuel: Option<u64>,
+    /// Cap on the module's linear memory.
+    pub memory: Option<ByteSize>,
+    /// Most records one input may produce.
+    pub max_outputs: Option<u32>,
+    /// Most bytes one input may produce, all outputs together.
+    pub max_output_bytes: Option<ByteSize>,
+    /// Cap on the module's key/value state (keys plus values).
+    pub state_bytes: Option<ByteSize>,
+}
+
+impl LimitsConfig {
+    /// `self` where set, else `base`.
+    pub fn over(&self, base: Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.unwrap_or(base.fuel),
+            memory_bytes: self.memory.map_or(base.memory_bytes, |b| b.0),
+            max_outputs: self.max_outputs.unwrap_or(base.max_outputs),
+            max_output_bytes: self.max_output_bytes.map_or(base.max_output_bytes, |b| b.0),
+            state_bytes: self.state_bytes.map_or(base.state_bytes, |b| b.0),
+        }
+    }
+}
+
+/// `[[pipeline]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name.
+    pub name: String,
+    /// What happens to a record a stage fails on.
+    #[serde(default)]
+    pub on_error: ErrorPolicy,
+    /// Consecutive failures after which a stage is quarantined.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// Limits for this pipeline's stages unless a stage overrides them.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[[pipeline.stage]]`: the stages, in order.
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageConfig>,
+}
+
+fn default_quarantine_after() -> u32 {
+    10
+}
+
+/// `[[pipeline.stage]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Unique name within the pipeline.
+    pub name: String,
+    /// Path of the `.wasm` file (relative to `gateway.modules_dir` or the config).
+    pub module: PathBuf,
+    /// Capabilities granted to the module.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// Reuse one instance across records, or a fresh one per record.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Limits for this stage.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Free-form table handed to the module's `weir_init` as a CBOR map.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Config::parse(&text, &file, &base)
+    }
+
+    /// Parse and validate config text; `file` and `base_dir` are for messages and paths.
+    pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError {
+                file: file.into(),
+                key: if key == "." { "(top level)".into() } else { key },
+                message: e.into_inner().message().trim().to_string(),
+            }
+        })?;
+        cfg.file = file.into();
+        cfg.base_dir = base_dir.to_path_buf();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn err(&self, key: impl fmt::Display, message: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Semantic checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.gateway.id.is_empty() || self.gateway.id.contains(['/', '+', '#']) {
+            return Err(self.err("gateway.id", "must be non-empty and contain no '/', '+' or '#'"));
+        }
+        let defaults = self.defaults.limits.over(Limits::default());
+        self.check_limits("defaults.limits", defaults)?;
+        let mut names = HashSet::new();
+        for (p, pipe) in self.pipelines.iter().enumerate() {
+            let at = format!("pipeline[{p}]");
+            if pipe.name.is_empty() || !names.insert(pipe.name.as_str()) {
+                return Err(self.err(format!("{at}.name"), format!("`{}` is empty or used twice", pipe.name)));
+            }
+            if pipe.quarantine_after == 0 {
+                return Err(self.err(format!("{at}.quarantine_after"), "must be at least 1"));
+            }
+            if pipe.stages.is_empty() {
+                return Err(self.err(format!("{at}.stage"), "a pipeline needs at least one stage"));
+            }
+            let mut stage_names = HashSet::new();
+            for (s, stage) in pipe.stages.iter().enumerate() {
+                let at = format!("{at}.stage[{s}]");
+                if stage.name.is_empty() || !stage_names.insert(stage.name.as_str()) {
+                    return Err(self.err(format!("{at}.name"), format!("`{}` is empty or used twice", stage.name)));
+                }
+                self.check_limits(&format!("{at}.limits"), self.stage_limits(pipe, stage))?;
+                let path = self.module_path(stage);
+                if !path.is_file() {
+                    return Err(self.err(format!("{at}.module"), format!("no such file: {}", path.display())));
+                }
+                let mut seen = HashSet::new();
+                for (g, grant) in stage.grants.iter().enumerate() {
+                    if !seen.insert(*grant) {
+                        return Err(self.err(format!("{at}.grants[{g}]"), format!("`{grant}` granted twice")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self, at: &str, l: Limits) -> Result<(), ConfigError> {
+        if l.fuel == 0 {
+            return Err(self.err(format!("{at}.fuel"), "must be at least 1"));
+        }
+        if l.memory_bytes < 65_536 {
+            return Err(self.err(format!("{at}.memory"), "must be at least 64 KiB (one Wasm page)"));
+        }
+        if l.max_outputs == 0 {
+            return Err(self.err(format!("{at}.max_outputs"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The effective limits of a stage: built-in defaults, then `[defaults.limits]`,
+    /// then the pipeline's, then the stage's.
+    pub fn stage_limits(&self, pipe: &PipelineConfig, stage: &StageConfig) -> Limits {
+        let l = self.defaults.limits.over(Limits::default());
+        stage.limits.over(pipe.limits.over(l))
+    }
+
+    /// Where a stage's module file is.
+    pub fn module_path(&self, stage: &StageConfig) -> PathBuf {
+        let dir = match &self.gateway.modules_dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => self.base_dir.join(d),
+            None => self.base_dir.clone(),
+        };
+        dir.join(&stage.module)
+    }
+}
+
+#[cfg(test)]
+mod tests;

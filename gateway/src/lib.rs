@@ -1,0 +1,20 @@
+//! # Weir: IoT gateway telemetry processor
+//!
+//! Records come in from sources, run through pipelines of sandboxed
+//! WebAssembly stages (wasmi, with fuel and memory limits), and go out to sinks.
+//!
+//! # Layout
+//! - [`record`]: the record model, CBOR (ABI v1) and JSON conversions.
+//! - [`config`]: the one TOML config; errors name the file and the key.
+//! - [`pipeline`]: the Wasm runtime and pipelines:
+//!   engine, module checks, host imports, stages (limits, quarantine), chains
+//!   (error policy).
+//! - [`cli`]: the `weir` command line, one file per subcommand.
+//!
+//! The guest side of the ABI lives in `firmware-sdk/` (`weir-abi`, `weir-guest`)
+//! and is specified in `firmware-sdk/ABI.md`.
+
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod record;

@@ -1,0 +1,65 @@
+//! The wasmi engine shared by every stage.
+
+use wasmi::{CompilationMode, Config, EnforcedLimits, Engine};
+
+use super::error::LoadError;
+use super::module::CompiledModule;
+
+/// Deepest guest call stack, in frames; deeper recursion traps.
+const MAX_RECURSION_DEPTH: usize = 1024;
+
+/// The Wasm runtime: one engine, configured once.
+///
+/// - Fuel metering is on: every record gets a fresh, deterministic budget.
+/// - Compilation is eager, so a module's first record is not charged fuel for
+///   translating its functions (lazy translation would charge tens of
+///   thousands of units to whichever record comes first).
+/// - wasmi's strict parse limits guard the compiler against hostile modules.
+/// - Only the MVP plus the widely used post-MVP features Rust and clang emit
+///   by default are enabled; SIMD, threads and memory64 are compiled out.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runtime {
+    /// A runtime with Weir's engine settings.
+    pub fn new() -> Self {
+        let mut config = Config::default();
+        config
+            .consume_fuel(true)
+            .compilation_mode(CompilationMode::Eager)
+            .enforced_limits(EnforcedLimits::strict())
+            .set_max_recursion_depth(MAX_RECURSION_DEPTH)
+            .wasm_multi_memory(false)
+            .wasm_tail_call(false);
+        Runtime {
+            engine: Engine::new(&config),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile a module once; stages share the result.
+    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<CompiledModule, LoadError> {
+        CompiledModule::new(self, name, wasm)
+    }
+
+    /// Read and compile a module file.
+    pub fn compile_file(&self, path: &std::path::Path) -> Result<CompiledModule, LoadError> {
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.compile(&path.display().to_string(), &wasm)
+    }
+}

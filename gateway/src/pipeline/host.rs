@@ -1,0 +1,306 @@
+//! The host side of ABI v1: the functions a module may import, and the state
+//! each store carries. Host functions never panic and never trap: a bad
+//! argument returns a negative code *and* fails the record (the first such
+//! failure is kept in [`HostState::failure`]), so a guest that ignores the
+//! code cannot hide it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use wasmi::{Caller, Engine, Linker, Memory, StoreLimits};
+use weir_abi::hostcall::{E_BOUNDS, E_INVALID, E_MALFORMED, E_NOT_FOUND, E_TOO_LARGE, E_TOO_MANY_OUTPUTS};
+use weir_abi::{imports, level, IMPORT_MODULE};
+
+use super::error::{FailureKind, StageError};
+use super::{Grant, Limits};
+
+/// Most log lines one record may write; more are dropped and counted.
+pub const LOG_LINES_PER_RECORD: u32 = 16;
+/// Longest log line kept, in bytes.
+pub const LOG_LINE_MAX: usize = 1024;
+
+/// Records emitted during one call, stored back to back.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Outputs {
+    /// Forget everything (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    /// True if nothing was emitted.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Total bytes.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+    /// Append one record.
+    pub fn push(&mut self, rec: &[u8]) {
+        self.buf.extend_from_slice(rec);
+        self.ends.push(self.buf.len());
+    }
+    /// The records, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.buf[s..e])
+    }
+}
+
+/// A module's key/value state: survives records and instances.
+#[derive(Debug, Default)]
+pub struct KvState {
+    map: HashMap<Box<[u8]>, Box<[u8]>>,
+    bytes: u64,
+}
+
+impl KvState {
+    /// Bytes used (keys plus values).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// What each store carries for its host functions.
+pub struct HostState {
+    pub(crate) limiter: StoreLimits,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) outputs: Outputs,
+    pub(crate) failure: Option<StageError>,
+    pub(crate) kv: KvState,
+    pub(crate) limits: Limits,
+    pub(crate) stage: Arc<str>,
+    pub(crate) log_lines: u32,
+    pub(crate) logs_dropped: u64,
+}
+
+impl HostState {
+    pub(crate) fn new(stage: Arc<str>, limits: Limits, kv: KvState) -> Self {
+        let limiter = wasmi::StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
+            .instances(1)
+            .memories(1)
+            .tables(1)
+            .table_elements(10_000)
+            .trap_on_grow_failure(false)
+            .build();
+        HostState {
+            limiter,
+            memory: None,
+            outputs: Outputs::default(),
+            failure: None,
+            kv,
+            limits,
+            stage,
+            log_lines: 0,
+            logs_dropped: 0,
+        }
+    }
+
+    /// Prepare for the next call.
+    pub(crate) fn reset_call(&mut self) {
+        self.outputs.clear();
+        self.failure = None;
+        self.log_lines = 0;
+    }
+
+    fn fail(&mut self, call: &'static str, code: i32, kind: FailureKind, detail: String) -> i32 {
+        if self.failure.is_none() {
+            self.failure = Some(StageError::HostCall { call, detail, kind });
+        }
+        code
+    }
+}
+
+/// `ptr..ptr+len` if it lies inside `mem`.
+fn range(mem: &[u8], ptr: i32, len: i32) -> Option<Range<usize>> {
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(len as u32 as usize)?;
+    (end <= mem.len()).then_some(start..end)
+}
+
+fn memory<'a>(caller: &'a mut Caller<'_, HostState>) -> (&'a mut [u8], &'a mut HostState) {
+    match caller.data().memory {
+        Some(m) => m.data_and_store_mut(caller),
+        // Only reachable if a start function calls the host before the memory
+        // is known; treat it as an empty memory (every access is out of bounds).
+        None => (&mut [], caller.data_mut()),
+    }
+}
+
+macro_rules! bounds {
+    ($state:expr, $call:expr, $mem:expr, $ptr:expr, $len:expr) => {
+        match range($mem, $ptr, $len) {
+            Some(r) => r,
+            None => {
+                let detail = format!(
+                    "ptr {} len {} outside memory of {} bytes",
+                    $ptr as u32, $len as u32, $mem.len()
+                );
+                return $state.fail($call, E_BOUNDS, FailureKind::BadHostCall, detail);
+            }
+        }
+    };
+}
+
+fn emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let r = bounds!(st, imports::EMIT, mem, ptr, len);
+    if st.outputs.len() >= st.limits.max_outputs as usize {
+        let detail = format!("more than {} outputs for one record", st.limits.max_outputs);
+        return st.fail(imports::EMIT, E_TOO_MANY_OUTPUTS, FailureKind::TooManyOutputs, detail);
+    }
+    if (st.outputs.bytes() + r.len()) as u64 > st.limits.max_output_bytes {
+        let detail = format!("more than {} output bytes for one record", st.limits.max_output_bytes);
+        return st.fail(imports::EMIT, E_TOO_LARGE, FailureKind::TooLarge, detail);
+    }
+    let bytes = &mem[r];
+    if let Err(e) = crate::record::validate_cbor(bytes) {
+        return st.fail(imports::EMIT, E_MALFORMED, FailureKind::Malformed, e.to_string());
+    }
+    st.outputs.push(bytes);
+    0
+}
+
+fn log(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let r = bounds!(st, imports::LOG, mem, ptr, len);
+    if !(level::ERROR..=level::TRACE).contains(&lvl) {
+        return st.fail(imports::LOG, E_INVALID, FailureKind::BadHostCall, format!("unknown log level {lvl}"));
+    }
+    if st.log_lines >= LOG_LINES_PER_RECORD {
+        st.logs_dropped += 1;
+        return 0;
+    }
+    st.log_lines += 1;
+    let bytes = &mem[r.start..r.end.min(r.start + LOG_LINE_MAX)];
+    let msg = String::from_utf8_lossy(bytes);
+    let stage = &*st.stage;
+    match lvl {
+        level::ERROR => tracing::error!(target: "weir::guest", stage, "{msg}"),
+        level::WARN => tracing::warn!(target: "weir::guest", stage, "{msg}"),
+        level::INFO => tracing::info!(target: "weir::guest", stage, "{msg}"),
+        level::DEBUG => tracing::debug!(target: "weir::guest", stage, "{msg}"),
+        _ => tracing::trace!(target: "weir::guest", stage, "{msg}"),
+    }
+    0
+}
+
+fn clock_now_ms(_: Caller<'_, HostState>) -> i64 {
+    crate::record::now_ms() as i64
+}
+
+fn state_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let k = bounds!(st, imports::STATE_GET, mem, kp, kl);
+    let v = bounds!(st, imports::STATE_GET, mem, vp, vc);
+    let Some(value) = st.kv.map.get(&mem[k]) else {
+        return E_NOT_FOUND;
+    };
+    if value.len() <= v.len() {
+        mem[v.start..v.start + value.len()].copy_from_slice(value);
+    }
+    i32::try_from(value.len()).unwrap_or(i32::MAX)
+}
+
+fn state_set(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let k = bounds!(st, imports::STATE_SET, mem, kp, kl);
+    let v = bounds!(st, imports::STATE_SET, mem, vp, vl);
+    let (key, value) = (&mem[k], &mem[v]);
+    let old = st.kv.map.get(key).map_or(0, |old| (key.len() + old.len()) as u64);
+    let new_total = st.kv.bytes - old + (key.len() + value.len()) as u64;
+    if new_total > st.limits.state_bytes {
+        let detail = format!("state would grow to {new_total} bytes, limit {}", st.limits.state_bytes);
+        return st.fail(imports::STATE_SET, E_TOO_LARGE, FailureKind::TooLarge, detail);
+    }
+    st.kv.bytes = new_total;
+    match st.kv.map.get_mut(key) {
+        Some(slot) if slot.len() == value.len() => slot.copy_from_slice(value),
+        Some(slot) => *slot = value.into(),
+        None => {
+            st.kv.map.insert(key.into(), value.into());
+        }
+    }
+    0
+}
+
+fn state_delete(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let k = bounds!(st, imports::STATE_DELETE, mem, kp, kl);
+    let klen = k.len();
+    match st.kv.map.remove(&mem[k]) {
+        Some(v) => {
+            st.kv.bytes -= (klen + v.len()) as u64;
+            0
+        }
+        None => E_NOT_FOUND,
+    }
+}
+
+/// A linker that defines `emit` and the imports of the granted capabilities only.
+pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
+    let mut l = Linker::new(engine);
+    let m = IMPORT_MODULE;
+    let defined = "each import is defined once";
+    l.func_wrap(m, imports::EMIT, emit).expect(defined);
+    for g in grants {
+        match g {
+            Grant::Log => {
+                l.func_wrap(m, imports::LOG, log).expect(defined);
+            }
+            Grant::Clock => {
+                l.func_wrap(m, imports::CLOCK_NOW_MS, clock_now_ms).expect(defined);
+            }
+            Grant::State => {
+                l.func_wrap(m, imports::STATE_GET, state_get).expect(defined);
+                l.func_wrap(m, imports::STATE_SET, state_set).expect(defined);
+                l.func_wrap(m, imports::STATE_DELETE, state_delete).expect(defined);
+            }
+        }
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks_overflow_and_bounds() {
+        let mem = [0u8; 100];
+        assert_eq!(range(&mem, 0, 100), Some(0..100));
+        assert_eq!(range(&mem, 100, 0), Some(100..100));
+        assert_eq!(range(&mem, 1, 100), None);
+        assert_eq!(range(&mem, -1, 1), None);
+        assert_eq!(range(&mem, 10, -1), None);
+    }
+
+    #[test]
+    fn outputs_iterate_in_order() {
+        let mut o = Outputs::default();
+        o.push(b"ab");
+        o.push(b"");
+        o.push(b"cde");
+        assert_eq!(o.iter().collect::<Vec<_>>(), vec![&b"ab"[..], b"", b"cde"]);
+        assert_eq!((o.len(), o.bytes()), (3, 5));
+    }
+}

@@ -1,0 +1,302 @@
+//! One module at work in a pipeline: it owns a store and (in `reuse` mode) a
+//! live instance, enforces the limits, counts every failure and quarantines
+//! itself after too many in a row.
+//!
+//! Life of an instance: made at load (so a module that cannot instantiate or
+//! whose `weir_init` fails is refused before any record), reused across
+//! records, and replaced after any trap (its memory may be inconsistent).
+//! Each instance gets a new store, since a wasmi store never frees the
+//! instances it has held; the key/value state moves over to the new store.
+
+use std::sync::Arc;
+
+use wasmi::{Engine, Linker, Memory, Store, TrapCode, TypedFunc};
+use weir_abi::{exports, status};
+
+use super::error::{FailureKind, LoadError, StageError};
+use super::host::{self, HostState, KvState, Outputs};
+use super::module::CompiledModule;
+use super::{Grant, Isolation, Limits};
+
+/// Everything needed to run a stage.
+#[derive(Clone)]
+pub struct StageSpec {
+    /// Name for logs and errors (`pipeline/stage`).
+    pub label: String,
+    /// The compiled module.
+    pub module: CompiledModule,
+    /// Granted capabilities.
+    pub grants: Vec<Grant>,
+    /// Limits.
+    pub limits: Limits,
+    /// Instance reuse or per-record instances.
+    pub isolation: Isolation,
+    /// CBOR map handed to `weir_init` (an empty map if there is no config).
+    pub config: Vec<u8>,
+    /// Consecutive failures that quarantine the stage.
+    pub quarantine_after: u32,
+}
+
+/// Counters for one stage.
+#[derive(Debug, Default, Clone)]
+pub struct StageMetrics {
+    /// Records given to the stage.
+    pub records_in: u64,
+    /// Records the stage emitted.
+    pub records_out: u64,
+    /// Records the module processed successfully and emitted nothing for.
+    pub records_dropped: u64,
+    /// Failures by kind (see [`FailureKind::ALL`]).
+    pub failures: [u64; FailureKind::ALL.len()],
+    /// Fuel consumed, all records together.
+    pub fuel_used: u64,
+    /// Instances created (1 + replacements after traps, or one per record).
+    pub instantiations: u64,
+    /// Guest log lines dropped over the per-record budget.
+    pub logs_dropped: u64,
+}
+
+impl StageMetrics {
+    /// Failures of one kind.
+    pub fn failed(&self, kind: FailureKind) -> u64 {
+        self.failures[kind.index()]
+    }
+    /// Failures of every kind.
+    pub fn failed_total(&self) -> u64 {
+        self.failures.iter().sum()
+    }
+}
+
+struct Live {
+    alloc: TypedFunc<i32, i32>,
+    transform: TypedFunc<(i32, i32), i32>,
+    memory: Memory,
+    /// The input buffer obtained from `weir_alloc`: (pointer, size asked for).
+    input: Option<(u32, usize)>,
+}
+
+/// A running stage.
+pub struct Stage {
+    spec: StageSpec,
+    label: Arc<str>,
+    engine: Engine,
+    linker: Linker<HostState>,
+    store: Store<HostState>,
+    live: Option<Live>,
+    consecutive_failures: u32,
+    quarantined: bool,
+    last_fuel: u64,
+    metrics: StageMetrics,
+}
+
+impl Stage {
+    /// Check the module against its grants, instantiate it and run `weir_init`.
+    pub fn new(engine: &Engine, spec: StageSpec) -> Result<Stage, LoadError> {
+        spec.module.check(&spec.grants)?;
+        let label: Arc<str> = spec.label.as_str().into();
+        let linker = host::linker(engine, &spec.grants);
+        let store = Store::new(engine, HostState::new(label.clone(), spec.limits, KvState::default()));
+        let mut stage = Stage {
+            spec,
+            label,
+            engine: engine.clone(),
+            linker,
+            store,
+            live: None,
+            consecutive_failures: 0,
+            quarantined: false,
+            last_fuel: 0,
+            metrics: StageMetrics::default(),
+        };
+        let live = stage.instantiate()?;
+        if stage.spec.isolation == Isolation::Reuse {
+            stage.live = Some(live);
+        }
+        Ok(stage)
+    }
+
+    /// The stage's name (`pipeline/stage`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &StageMetrics {
+        &self.metrics
+    }
+
+    /// Fuel used by the last record.
+    pub fn last_fuel(&self) -> u64 {
+        self.last_fuel
+    }
+
+    /// Whether the stage has been quarantined.
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    /// The module's key/value state.
+    pub fn state(&self) -> &KvState {
+        &self.store.data().kv
+    }
+
+    /// A fresh store and instance; the key/value state carries over.
+    fn instantiate(&mut self) -> Result<Live, LoadError> {
+        let kv = std::mem::take(&mut self.store.data_mut().kv);
+        let dropped = self.store.data().logs_dropped;
+        self.metrics.logs_dropped += dropped;
+        self.store = Store::new(&self.engine, HostState::new(self.label.clone(), self.spec.limits, kv));
+        self.store.limiter(|s| &mut s.limiter);
+        self.metrics.instantiations += 1;
+        let store = &mut self.store;
+        store.set_fuel(self.spec.limits.fuel).map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        let instance = self
+            .linker
+            .instantiate_and_start(&mut *store, &self.spec.module.module)
+            .map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        let abi = |e: wasmi::Error| LoadError::Abi(e.to_string());
+        let memory = instance
+            .get_memory(&*store, exports::MEMORY)
+            .ok_or_else(|| LoadError::Abi("missing memory export".into()))?;
+        let alloc = instance.get_typed_func::<i32, i32>(&*store, exports::ALLOC).map_err(abi)?;
+        let transform = instance
+            .get_typed_func::<(i32, i32), i32>(&*store, exports::TRANSFORM)
+            .map_err(abi)?;
+        store.data_mut().memory = Some(memory);
+        let mut live = Live {
+            alloc,
+            transform,
+            memory,
+            input: None,
+        };
+        if let Ok(init) = instance.get_typed_func::<(i32, i32), i32>(&*store, exports::INIT) {
+            store.set_fuel(self.spec.limits.fuel).map_err(|e| LoadError::Init(e.to_string()))?;
+            store.data_mut().reset_call();
+            let config = self.spec.config.clone();
+            let ptr = place(store, &mut live, &config).map_err(|e| LoadError::Init(e.to_string()))?;
+            let code = init
+                .call(&mut *store, (ptr as i32, config.len() as i32))
+                .map_err(|e| LoadError::Init(classify(e, self.spec.limits.fuel).to_string()))?;
+            if let Some(f) = store.data_mut().failure.take() {
+                return Err(LoadError::Init(f.to_string()));
+            }
+            if code != status::OK {
+                let name = status::name(code);
+                return Err(LoadError::Init(format!("module returned status {code} ({name})")));
+            }
+        }
+        Ok(live)
+    }
+
+    /// Run one record (ABI v1 CBOR). On success, the outputs stay valid until
+    /// the next call.
+    pub fn process(&mut self, input: &[u8]) -> Result<&Outputs, StageError> {
+        self.metrics.records_in += 1;
+        if self.quarantined {
+            let e = StageError::Quarantined {
+                failures: self.consecutive_failures,
+            };
+            self.metrics.failures[FailureKind::Quarantined.index()] += 1;
+            return Err(e);
+        }
+        match self.run(input) {
+            Ok(()) => {
+                self.consecutive_failures = 0;
+                let n = self.store.data().outputs.len() as u64;
+                self.metrics.records_out += n;
+                self.metrics.records_dropped += u64::from(n == 0);
+                Ok(&self.store.data().outputs)
+            }
+            Err(e) => {
+                self.metrics.failures[e.kind().index()] += 1;
+                self.consecutive_failures += 1;
+                if self.consecutive_failures >= self.spec.quarantine_after {
+                    self.quarantined = true;
+                    tracing::error!(
+                        stage = &*self.label,
+                        failures = self.consecutive_failures,
+                        last_error = %e,
+                        "stage quarantined: it failed too many records in a row; \
+                         its records now go to the pipeline's error policy until restart"
+                    );
+                } else {
+                    tracing::debug!(stage = &*self.label, error = %e, "record failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn run(&mut self, input: &[u8]) -> Result<(), StageError> {
+        let fuel = self.spec.limits.fuel;
+        if self.live.is_none() || self.spec.isolation == Isolation::PerRecord {
+            let live = self.instantiate().map_err(|e| StageError::Instantiate(e.to_string()))?;
+            self.live = Some(live);
+        }
+        let (store, live) = (&mut self.store, self.live.as_mut().expect("instantiated above"));
+        store.data_mut().reset_call();
+        store.set_fuel(fuel).expect("fuel metering is enabled");
+        let placed = place(store, live, input);
+        let result = placed.and_then(|ptr| {
+            live.transform
+                .call(&mut *store, (ptr as i32, input.len() as i32))
+                .map_err(|e| classify(e, fuel))
+        });
+        self.last_fuel = fuel - store.get_fuel().unwrap_or(0);
+        self.metrics.fuel_used += self.last_fuel;
+        let code = match result {
+            Ok(code) => code,
+            Err(e) => {
+                if matches!(e, StageError::Trap(_) | StageError::OutOfFuel { .. }) {
+                    self.live = None; // its memory may be inconsistent
+                }
+                return Err(e);
+            }
+        };
+        if let Some(f) = store.data_mut().failure.take() {
+            return Err(f);
+        }
+        if code != status::OK {
+            return Err(StageError::Status {
+                code,
+                name: status::name(code),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Put `bytes` in the instance's input buffer, asking `weir_alloc` for a
+/// larger one only when it does not fit the current one.
+fn place(store: &mut Store<HostState>, live: &mut Live, bytes: &[u8]) -> Result<u32, StageError> {
+    let len = bytes.len();
+    let input_err = |detail: String| StageError::Input { len, detail };
+    let len_i32 = i32::try_from(len).map_err(|_| input_err("larger than 2 GiB".into()))?;
+    let ptr = match live.input {
+        Some((ptr, cap)) if cap >= len => ptr,
+        _ => {
+            let fuel = store.get_fuel().unwrap_or(0);
+            let ptr = live
+                .alloc
+                .call(&mut *store, len_i32)
+                .map_err(|e| classify(e, fuel))? as u32;
+            if ptr == 0 {
+                return Err(input_err("weir_alloc returned 0 (no memory)".into()));
+            }
+            live.input = Some((ptr, len));
+            ptr
+        }
+    };
+    live.memory.write(&mut *store, ptr as usize, bytes).map_err(|_| {
+        live.input = None;
+        input_err(format!("weir_alloc returned {ptr}, outside the module's memory"))
+    })?;
+    Ok(ptr)
+}
+
+fn classify(e: wasmi::Error, fuel: u64) -> StageError {
+    match e.as_trap_code() {
+        Some(TrapCode::OutOfFuel) => StageError::OutOfFuel { limit: fuel },
+        _ => StageError::Trap(e.to_string()),
+    }
+}

@@ -1,0 +1,120 @@
+//! Building Weir's guest modules. Used by `cargo xtask` and by the build
+//! scripts of the test and bench crates, so `cargo test` builds the modules
+//! itself with no manual step.
+//!
+//! Rust modules are workspace members built with an explicit
+//! `--target wasm32-unknown-unknown --profile wasm` into their own target
+//! directory (`target/wasm`), so the host build never picks wasm32 by
+//! accident and the nested cargo never waits on the outer one's lock.
+//! C modules are compiled with clang's wasm32 target.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Rust guest crates, built to `<crate name with _>.wasm`.
+pub const RUST_MODULES: &[&str] = &["weir-w1-range-filter", "weir-w1-enrich", "weir-w1-moving-average"];
+/// C guest sources under `pipelines/c/`, built to `c_<stem>.wasm`.
+pub const C_MODULES: &[&str] = &["downsample.c"];
+
+/// The workspace root (parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+}
+
+/// Where built modules are collected.
+pub fn modules_dir(root: &Path) -> PathBuf {
+    root.join("target").join("modules")
+}
+
+/// Build every guest module into `target/modules/` and return that directory.
+pub fn build_modules(root: &Path) -> Result<PathBuf, String> {
+    let out = modules_dir(root);
+    std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    build_rust(root, &out)?;
+    for src in C_MODULES {
+        build_c(&root.join("pipelines/c").join(src), &out)?;
+    }
+    Ok(out)
+}
+
+fn build_rust(root: &Path, out: &Path) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = root.join("target").join("wasm");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--quiet", "--profile", "wasm", "--target", "wasm32-unknown-unknown"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for m in RUST_MODULES {
+        cmd.args(["-p", m]);
+    }
+    // When run from a build script, the outer cargo's settings must not leak in.
+    for (k, _) in std::env::vars() {
+        let leaks = k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_NET_OFFLINE";
+        if leaks || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" || k == "RUSTC_WORKSPACE_WRAPPER" || k == "RUSTC" {
+            cmd.env_remove(&k);
+        }
+    }
+    let status = cmd.status().map_err(|e| format!("run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the wasm32 guest modules failed ({status}); is the target installed? \
+             `rustup target add wasm32-unknown-unknown` (or `cargo xtask test`, which installs it)"
+        ));
+    }
+    for m in RUST_MODULES {
+        let file = format!("{}.wasm", m.replace('-', "_"));
+        let from = target_dir.join("wasm32-unknown-unknown/wasm").join(&file);
+        copy_if_changed(&from, &out.join(&file))?;
+    }
+    Ok(())
+}
+
+fn build_c(src: &Path, out: &Path) -> Result<(), String> {
+    let stem = src.file_stem().and_then(|s| s.to_str()).ok_or("bad C module name")?;
+    let dest = out.join(format!("c_{stem}.wasm"));
+    let tmp = out.join(format!(".c_{stem}.wasm.tmp"));
+    let result = Command::new("clang")
+        .args(["--target=wasm32", "-O2", "-nostdlib", "-Wall", "-Wextra", "-Werror"])
+        .args(["-Wl,--no-entry", "-Wl,-z,stack-size=16384", "-o"])
+        .arg(&tmp)
+        .arg(src)
+        .status();
+    match result {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(format!("clang failed on {} ({s})", src.display())),
+        Err(e) => {
+            return Err(format!(
+                "clang not found ({e}); C guest modules need clang and lld: \
+                 `apt-get install clang lld` (or `cargo xtask test`, which installs them)"
+            ))
+        }
+    }
+    let bytes = std::fs::read(&tmp).map_err(|e| format!("read {}: {e}", tmp.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    write_if_changed(&dest, &bytes)
+}
+
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(from).map_err(|e| format!("read {}: {e}", from.display()))?;
+    write_if_changed(to, &bytes)
+}
+
+/// Leave unchanged files alone so their mtimes (and dependents) stay put.
+fn write_if_changed(to: &Path, bytes: &[u8]) -> Result<(), String> {
+    if std::fs::read(to).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    std::fs::write(to, bytes).map_err(|e| format!("write {}: {e}", to.display()))
+}
+
+/// Inputs whose change must rebuild the modules (for `cargo:rerun-if-changed`).
+pub fn module_inputs(root: &Path) -> Vec<PathBuf> {
+    vec![
+        root.join("pipelines"),
+        root.join("firmware-sdk/guest"),
+        root.join("firmware-sdk/abi"),
+        root.join("Cargo.toml"),
+        root.join(".cargo/config.toml"),
+    ]
+}
