@@ -5,9 +5,7 @@
 //! Sensors that speak JSON are converted here.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_cbor::Value;
 
@@ -67,45 +65,10 @@ impl Record {
     }
 }
 
-/// Check, without allocating, that `bytes` is one well-formed ABI v1 record:
-/// a map with text `source` and `topic`, unsigned `ts`, optional text→text
-/// `headers`, any `payload`, and nothing after it.
+/// Check that `bytes` is one well-formed ABI v1 record (see
+/// [`weir_abi::record::validate`]: the same check the guest SDK relies on).
 pub fn validate_cbor(bytes: &[u8]) -> Result<(), RecordError> {
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct Check<'a> {
-        #[serde(borrow)]
-        source: &'a str,
-        #[serde(borrow)]
-        topic: &'a str,
-        ts: u64,
-        #[serde(default)]
-        headers: TextMap,
-        payload: IgnoredAny,
-    }
-    serde_cbor::from_slice::<Check<'_>>(bytes)?;
-    Ok(())
-}
-
-/// Validates a map of text to text without keeping it.
-#[derive(Default)]
-struct TextMap;
-
-impl<'de> Deserialize<'de> for TextMap {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TextMap;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of text to text")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<TextMap, A::Error> {
-                while m.next_entry::<&'de str, &'de str>()?.is_some() {}
-                Ok(TextMap)
-            }
-        }
-        d.deserialize_map(V)
-    }
+    weir_abi::record::validate(bytes).map_err(|why| RecordError::Shape(why.into()))
 }
 
 /// Convert JSON to CBOR: integers stay integers, other numbers become floats.

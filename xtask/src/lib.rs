@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Rust guest crates, built to `<crate name with _>.wasm`.
-pub const RUST_MODULES: &[&str] = &["weir-w1-range-filter", "weir-w1-enrich", "weir-w1-moving-average"];
+pub const RUST_MODULES: &[&str] = &[
+    "weir-w1-range-filter",
+    "weir-w1-enrich",
+    "weir-w1-moving-average",
+    "weir-w1-enrich-cbor",
+];
 /// C guest sources under `pipelines/c/`, built to `c_<stem>.wasm`.
 pub const C_MODULES: &[&str] = &["downsample.c"];
 

@@ -7,9 +7,14 @@
 //! - [`imports`]: host functions a module may import, and the grant each needs.
 //! - [`status`]: values returned by `weir_transform` / `weir_init`.
 //! - [`hostcall`]: negative values returned by host functions.
-//! - [`record`]: keys of the CBOR record map.
+//! - [`record`]: keys of the CBOR record map, and [`record::validate`].
+//! - [`cbor`]: the minimal CBOR reader and writer both sides use.
+//! - [`patch`]: payload field lookup and patching (`input_get`, `emit_input`).
 #![no_std]
 #![warn(missing_docs)]
+
+pub mod cbor;
+pub mod patch;
 
 /// The ABI version this crate describes.
 pub const VERSION: u32 = 1;
@@ -47,10 +52,18 @@ pub mod imports {
     pub const STATE_SET: &str = "state_set";
     /// `state_delete(kptr, klen: i32) -> i32`. Grant `state`.
     pub const STATE_DELETE: &str = "state_delete";
+    /// `input_get(kptr, klen, vptr, vcap: i32) -> i32`: a payload field of the
+    /// record being processed, as CBOR. Always available.
+    pub const INPUT_GET: &str = "input_get";
+    /// `emit_input(pptr, plen: i32) -> i32`: emit the record being processed
+    /// with a CBOR patch map merged into its payload. Always available.
+    pub const EMIT_INPUT: &str = "emit_input";
 
     /// Every import with the grant it needs (`None`: always granted).
     pub const ALL: &[(&str, Option<&str>)] = &[
         (EMIT, None),
+        (INPUT_GET, None),
+        (EMIT_INPUT, None),
         (LOG, Some("log")),
         (CLOCK_NOW_MS, Some("clock")),
         (STATE_GET, Some("state")),
@@ -149,4 +162,66 @@ pub mod record {
     pub const HEADERS: &str = "headers";
     /// Any CBOR data item, usually a map of sensor fields.
     pub const PAYLOAD: &str = "payload";
+
+    use crate::cbor::{self, Reader};
+
+    /// Check that `bytes` is exactly one well-formed ABI v1 record: a
+    /// definite map with text `source` and `topic`, unsigned `ts`, optional
+    /// `headers` (a map of text to text) and any `payload`; every text valid
+    /// UTF-8, every item complete, no key twice, nothing after the map.
+    /// Unknown keys are allowed. Returns what is wrong.
+    pub fn validate(bytes: &[u8]) -> Result<(), &'static str> {
+        let mut r = Reader::new(bytes);
+        let h = r.head().map_err(|_| "not CBOR")?;
+        if h.major != cbor::MAP || h.indefinite() {
+            return Err("not a definite-length map");
+        }
+        let mut seen = 0u8;
+        for _ in 0..h.arg {
+            let key = r.text().map_err(|_| "a key is not a text string")?;
+            let bit = match key {
+                SOURCE | TOPIC => {
+                    r.text().map_err(|_| "`source` and `topic` must be text")?;
+                    if key == SOURCE { 1 } else { 2 }
+                }
+                TS => {
+                    let h = r.head().map_err(|_| "truncated")?;
+                    if h.major != cbor::UINT {
+                        return Err("`ts` must be an unsigned integer");
+                    }
+                    4
+                }
+                HEADERS => {
+                    let h = r.head().map_err(|_| "truncated")?;
+                    if h.major != cbor::MAP || h.indefinite() {
+                        return Err("`headers` must be a definite-length map");
+                    }
+                    for _ in 0..h.arg {
+                        r.text().map_err(|_| "a header name is not text")?;
+                        r.text().map_err(|_| "a header value is not text")?;
+                    }
+                    16
+                }
+                PAYLOAD => {
+                    r.validate_item().map_err(|_| "`payload` is malformed CBOR")?;
+                    8
+                }
+                _ => {
+                    r.validate_item().map_err(|_| "an unknown entry is malformed CBOR")?;
+                    0
+                }
+            };
+            if seen & bit != 0 {
+                return Err("a key appears twice");
+            }
+            seen |= bit;
+        }
+        if seen & 15 != 15 {
+            return Err("missing `source`, `topic`, `ts` or `payload`");
+        }
+        if !r.at_end() {
+            return Err("bytes after the record");
+        }
+        Ok(())
+    }
 }

@@ -13,6 +13,8 @@ mod raw {
     #[link(wasm_import_module = "weir")]
     unsafe extern "C" {
         pub fn emit(ptr: *const u8, len: usize) -> i32;
+        pub fn input_get(kptr: *const u8, klen: usize, vptr: *mut u8, vcap: usize) -> i32;
+        pub fn emit_input(ptr: *const u8, len: usize) -> i32;
         pub fn log(level: i32, ptr: *const u8, len: usize) -> i32;
         pub fn clock_now_ms() -> i64;
         pub fn state_get(kptr: *const u8, klen: usize, vptr: *mut u8, vcap: usize) -> i32;
@@ -34,11 +36,29 @@ pub fn emit_raw(bytes: &[u8]) -> Result<(), Error> {
     check(unsafe { raw::emit(bytes.as_ptr(), bytes.len()) }).map(drop)
 }
 
+/// Emit the record being processed with `patch` (a CBOR map) merged into its
+/// payload; an empty patch emits it unchanged.
+pub fn emit_input(patch: &[u8]) -> Result<(), Error> {
+    // SAFETY: pointer and length describe a live slice.
+    check(unsafe { raw::emit_input(patch.as_ptr(), patch.len()) }).map(drop)
+}
+
+/// Copy payload field `key` of the record being processed into `buf` as CBOR.
+/// `Ok(Some(n))`: the value is `n` bytes (copied only if it fits); `Ok(None)`:
+/// no such field (or the payload is not a map).
+pub fn input_get(key: &[u8], buf: &mut [u8]) -> Result<Option<usize>, Error> {
+    // SAFETY: pointers and lengths describe live slices.
+    match unsafe { raw::input_get(key.as_ptr(), key.len(), buf.as_mut_ptr(), buf.len()) } {
+        E_NOT_FOUND => Ok(None),
+        code => check(code).map(|n| Some(n as usize)),
+    }
+}
+
 /// Encode and emit a record.
 pub fn emit(rec: &Record<'_>) -> Result<(), Error> {
     crate::scratch::with_output(|buf| {
         let n = rec.encode_into(buf)?;
-        emit_raw(&buf[..n])
+        emit_raw(buf.get(..n).ok_or(Error::Resource)?)
     })
 }
 

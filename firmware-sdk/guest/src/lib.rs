@@ -18,8 +18,10 @@
 //! ```
 //!
 //! # Layout
-//! - [`value`]: [`Value`] and [`Fields`], a borrowed, allocation-free view of a CBOR map.
-//! - [`record`]: [`Record`] decoding and encoding (minicbor, no alloc).
+//! - [`value`]: [`Value`] and [`Fields`], a lazy, allocation-free view of a CBOR map.
+//! - [`record`]: [`Record`], read lazily and re-encoded by copying what did not change.
+//! - [`patch`]: the fast form, [`Input`] and [`Patch`]: fields read and the
+//!   record re-emitted by the host, so the module never scans CBOR itself.
 //! - [`host`]: safe wrappers over every host import (emit, log, clock, state).
 //! - `scratch`: input/output buffers in linear memory, grown on demand.
 //! - [`native`]: a host shim that runs the same code natively (tests, baselines).
@@ -32,12 +34,14 @@
 extern crate std;
 
 pub mod host;
+pub mod patch;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod record;
 mod scratch;
 pub mod value;
 
+pub use patch::{Input, Patch};
 pub use record::Record;
 pub use value::{Fields, Value};
 pub use weir_abi as abi;
@@ -68,6 +72,15 @@ pub enum Error {
     Host(i32),
 }
 
+impl From<weir_abi::cbor::Error> for Error {
+    fn from(e: weir_abi::cbor::Error) -> Self {
+        match e {
+            weir_abi::cbor::Error::Input => Error::Input,
+            weir_abi::cbor::Error::Resource => Error::Resource,
+        }
+    }
+}
+
 impl Error {
     /// The ABI status code for this error.
     pub fn status(self) -> i32 {
@@ -83,6 +96,8 @@ impl Error {
 
 /// The signature of a transform function.
 pub type TransformFn = fn(&mut Record<'_>) -> Result<Action, Error>;
+/// The signature of a patch transform (see [`patch`]).
+pub type PatchFn = fn(&Input<'_>, &mut Patch) -> Result<Action, Error>;
 /// The signature of an init function (receives the stage's `config` table).
 pub type InitFn = fn(&Fields<'_>) -> Result<(), Error>;
 
@@ -94,6 +109,10 @@ pub fn dispatch(input: &[u8], f: TransformFn) -> i32 {
         Err(e) => return e.status(),
     };
     match f(&mut rec) {
+        Ok(Action::Emit) if rec.is_unchanged() => match host::emit_raw(input) {
+            Ok(()) => weir_abi::status::OK,
+            Err(e) => e.status(),
+        },
         Ok(Action::Emit) => match host::emit(&rec) {
             Ok(()) => weir_abi::status::OK,
             Err(e) => e.status(),
@@ -105,8 +124,7 @@ pub fn dispatch(input: &[u8], f: TransformFn) -> i32 {
 
 /// Decode a config map and run `f`: the body of `weir_init`.
 pub fn dispatch_init(input: &[u8], f: InitFn) -> i32 {
-    let mut d = minicbor::Decoder::new(input);
-    match Fields::decode_map(&mut d) {
+    match Fields::from_bytes(input) {
         Ok(cfg) => match f(&cfg) {
             Ok(()) => weir_abi::status::OK,
             Err(e) => e.status(),
@@ -157,15 +175,36 @@ pub mod __private {
     }
 }
 
-/// Generate the ABI v1 exports for a transform function (and optionally an
-/// init function). Exports are generated only on wasm32, so the same crate can
-/// be linked natively (several at once) for tests and baselines.
+/// Generate the ABI v1 exports for a [`TransformFn`] over a [`Record`]
+/// (and optionally an [`InitFn`]). Exports are generated only on wasm32, so
+/// the same crate can be linked natively (several at once) for tests and
+/// baselines.
 #[macro_export]
 macro_rules! export_transform {
     ($transform:path) => {
-        $crate::export_transform!($transform, init = $crate::no_init);
+        $crate::__export!($crate::dispatch, $transform, $crate::no_init);
     };
     ($transform:path, init = $init:path) => {
+        $crate::__export!($crate::dispatch, $transform, $init);
+    };
+}
+
+/// Generate the ABI v1 exports for a [`PatchFn`] (see [`patch`]), optionally
+/// with an [`InitFn`].
+#[macro_export]
+macro_rules! export_patch_transform {
+    ($transform:path) => {
+        $crate::__export!($crate::patch::dispatch_patch, $transform, $crate::no_init);
+    };
+    ($transform:path, init = $init:path) => {
+        $crate::__export!($crate::patch::dispatch_patch, $transform, $init);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export {
+    ($dispatch:path, $transform:path, $init:path) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             #[unsafe(no_mangle)]
@@ -180,7 +219,7 @@ macro_rules! export_transform {
             pub extern "C" fn weir_transform(ptr: i32, len: i32) -> i32 {
                 // SAFETY: the host wrote `len` bytes at `ptr`, obtained from weir_alloc.
                 let input = unsafe { $crate::__private::input(ptr, len) };
-                $crate::dispatch(input, $transform)
+                $dispatch(input, $transform)
             }
 
             #[unsafe(no_mangle)]

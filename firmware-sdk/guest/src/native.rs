@@ -10,22 +10,75 @@ use std::vec::Vec;
 
 #[derive(Default)]
 struct Host {
-    outputs: Vec<Vec<u8>>,
+    outputs: Outputs,
     state: HashMap<Vec<u8>, Vec<u8>>,
+    input: Vec<u8>,
+}
+
+/// Records emitted by one or more calls, stored back to back.
+#[derive(Debug, Default, Clone)]
+pub struct Outputs {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Outputs {
+    /// Forget everything (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    /// True if nothing was emitted.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Append one record.
+    pub fn push(&mut self, rec: &[u8]) {
+        self.buf.extend_from_slice(rec);
+        self.ends.push(self.buf.len());
+    }
+    /// The records, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = core::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.buf[s..e])
+    }
 }
 
 std::thread_local!(static HOST: RefCell<Host> = RefCell::new(Host::default()));
 
 /// Run one transform call on `input`; returns the status and the emitted records.
 pub fn call(input: &[u8], f: crate::TransformFn) -> (i32, Vec<Vec<u8>>) {
-    let status = crate::dispatch(input, f);
-    (status, HOST.with(|h| std::mem::take(&mut h.borrow_mut().outputs)))
+    let mut out = Outputs::default();
+    let status = call_into(input, f, &mut out);
+    (status, out.iter().map(<[u8]>::to_vec).collect())
 }
 
-/// Like [`call`], but appends emitted records to `out` (reusing its buffers).
-pub fn call_into(input: &[u8], f: crate::TransformFn, out: &mut Vec<Vec<u8>>) -> i32 {
-    let status = crate::dispatch(input, f);
-    HOST.with(|h| out.append(&mut h.borrow_mut().outputs));
+/// Like [`call`], but appends emitted records to `out` (no allocation once warm).
+pub fn call_into(input: &[u8], f: crate::TransformFn, out: &mut Outputs) -> i32 {
+    run_into(input, |i| crate::dispatch(i, f), out)
+}
+
+/// Run one patch transform call, appending emitted records to `out`.
+pub fn call_patch_into(input: &[u8], f: crate::PatchFn, out: &mut Outputs) -> i32 {
+    run_into(input, |i| crate::patch::dispatch_patch(i, f), out)
+}
+
+fn run_into(input: &[u8], call: impl FnOnce(&[u8]) -> i32, out: &mut Outputs) -> i32 {
+    HOST.with(|h| {
+        let mut h = h.borrow_mut();
+        h.input.clear();
+        h.input.extend_from_slice(input);
+    });
+    let status = call(input);
+    HOST.with(|h| {
+        let mut h = h.borrow_mut();
+        h.outputs.iter().for_each(|r| out.push(r));
+        h.outputs.clear();
+    });
     status
 }
 
@@ -44,8 +97,46 @@ pub(crate) mod raw {
     pub unsafe fn emit(ptr: *const u8, len: usize) -> i32 {
         // SAFETY: see module comment.
         let bytes = unsafe { slice::from_raw_parts(ptr, len) };
-        HOST.with(|h| h.borrow_mut().outputs.push(bytes.to_vec()));
+        HOST.with(|h| h.borrow_mut().outputs.push(bytes));
         0
+    }
+
+    pub unsafe fn input_get(kptr: *const u8, klen: usize, vptr: *mut u8, vcap: usize) -> i32 {
+        // SAFETY: see module comment.
+        let key = unsafe { slice::from_raw_parts(kptr, klen) };
+        HOST.with(|h| {
+            let h = h.borrow();
+            let value = weir_abi::patch::payload_span(&h.input)
+                .and_then(|span| weir_abi::patch::field(&h.input, span, key));
+            match value {
+                Some(v) => {
+                    if v.len() <= vcap {
+                        // SAFETY: see module comment; vcap bytes are writable.
+                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), vptr, v.len()) };
+                    }
+                    v.len() as i32
+                }
+                None => E_NOT_FOUND,
+            }
+        })
+    }
+
+    pub unsafe fn emit_input(ptr: *const u8, len: usize) -> i32 {
+        // SAFETY: see module comment.
+        let patch = unsafe { slice::from_raw_parts(ptr, len) };
+        HOST.with(|h| {
+            let h = &mut *h.borrow_mut();
+            let mut buf = std::vec![0u8; weir_abi::patch::max_output_len(&h.input, patch)];
+            let mut w = weir_abi::cbor::Writer::new(&mut buf);
+            match weir_abi::patch::apply(&h.input, patch, &mut w) {
+                Ok(()) => {
+                    let n = w.len();
+                    h.outputs.push(&buf[..n]);
+                    0
+                }
+                Err(_) => weir_abi::hostcall::E_MALFORMED,
+            }
+        })
     }
 
     pub unsafe fn log(_level: i32, ptr: *const u8, len: usize) -> i32 {

@@ -1,101 +1,187 @@
-//! [`Record`]: decoding the ABI v1 record map and encoding it back.
+//! [`Record`]: the ABI v1 record map, read lazily and written back by copying
+//! what did not change.
 
-use minicbor::data::Type;
-use minicbor::encode::write::Cursor;
-use minicbor::{Decoder, Encoder};
 use weir_abi::record as key;
 
+use weir_abi::cbor::{self, Reader, Writer};
 use crate::{Error, Fields, Value};
 
 /// One telemetry record, as described in ABI.md ("The record").
+///
+/// `source`, `topic` and `ts` are read through methods and decoded only when
+/// asked for; `headers` and `payload` are lazy [`Fields`]. When the envelope is
+/// untouched and the payload is the record's last entry (as the host writes
+/// it), encoding copies the envelope's bytes and re-encodes only the payload.
 #[derive(Debug, Clone, Default)]
 pub struct Record<'a> {
-    /// The source that produced the record.
-    pub source: &'a str,
-    /// MQTT topic or other subject.
-    pub topic: &'a str,
-    /// Receive time at the gateway, ms since the Unix epoch.
-    pub ts: u64,
     /// Metadata, text to text.
     pub headers: Fields<'a>,
     /// The payload's fields, when the payload is a map.
     pub payload: Fields<'a>,
     /// The payload itself, when it is not a map (then `payload` is empty).
+    /// Setting it replaces the payload on output.
     pub raw_payload: Option<Value<'a>>,
+    source: &'a [u8],
+    topic: &'a [u8],
+    ts: u64,
+    /// The input bytes (empty for a record built by the guest).
+    input: &'a [u8],
+    /// Where the payload's value starts in `input`, if it is the last entry
+    /// and every other entry is a known key (else 0: no envelope copy).
+    payload_value_at: usize,
+    /// Set by the setters: the envelope must be re-encoded.
+    envelope_changed: bool,
+}
+
+fn utf8(b: &[u8]) -> Result<&str, Error> {
+    core::str::from_utf8(b).map_err(|_| Error::Input)
 }
 
 impl<'a> Record<'a> {
-    /// Decode a record map. Unknown keys are skipped; missing ones are an error.
+    /// A new record (for example one a transform emits besides its input).
+    pub fn new(source: &'a str, topic: &'a str, ts: u64) -> Self {
+        Record {
+            source: source.as_bytes(),
+            topic: topic.as_bytes(),
+            ts,
+            envelope_changed: true,
+            ..Default::default()
+        }
+    }
+
+    /// Read a record map. Unknown keys are ignored (and not re-emitted);
+    /// missing required keys are an error.
     pub fn decode(input: &'a [u8]) -> Result<Self, Error> {
-        let mut d = Decoder::new(input);
-        let mut rec = Record::default();
-        let (mut has_source, mut has_topic, mut has_ts, mut has_payload) =
-            (false, false, false, false);
-        let len = d.map().map_err(|_| Error::Input)?;
-        let mut i = 0u64;
-        loop {
-            match len {
-                Some(n) if i == n => break,
-                None if d.datatype().map_err(|_| Error::Input)? == Type::Break => break,
-                _ => {}
-            }
-            i += 1;
-            match d.str().map_err(|_| Error::Input)? {
-                key::SOURCE => {
-                    rec.source = d.str().map_err(|_| Error::Input)?;
-                    has_source = true;
+        let mut r = Reader::new(input);
+        let h = r.head()?;
+        if h.major != cbor::MAP || h.indefinite() {
+            return Err(Error::Input);
+        }
+        let mut rec = Record { input, ..Default::default() };
+        let mut seen = 0u8;
+        let mut clean = true;
+        for i in 0..h.arg {
+            let k = r.text_bytes()?;
+            match (k.len(), k.first()) {
+                (6, Some(b's')) if cbor::bytes_eq(k, key::SOURCE.as_bytes()) => {
+                    rec.source = r.text_bytes()?;
+                    seen |= 1;
                 }
-                key::TOPIC => {
-                    rec.topic = d.str().map_err(|_| Error::Input)?;
-                    has_topic = true;
+                (5, Some(b't')) if cbor::bytes_eq(k, key::TOPIC.as_bytes()) => {
+                    rec.topic = r.text_bytes()?;
+                    seen |= 2;
                 }
-                key::TS => {
-                    rec.ts = d.u64().map_err(|_| Error::Input)?;
-                    has_ts = true;
+                (2, Some(b't')) if cbor::bytes_eq(k, key::TS.as_bytes()) => {
+                    let h = r.head()?;
+                    if h.major != cbor::UINT {
+                        return Err(Error::Input);
+                    }
+                    rec.ts = h.arg;
+                    seen |= 4;
                 }
-                key::HEADERS => rec.headers = Fields::decode_map(&mut d)?,
-                key::PAYLOAD => {
-                    has_payload = true;
-                    match d.datatype().map_err(|_| Error::Input)? {
-                        Type::Map | Type::MapIndef => rec.payload = Fields::decode_map(&mut d)?,
-                        _ => rec.raw_payload = Some(Value::decode(&mut d)?),
+                (7, Some(b'h')) if cbor::bytes_eq(k, key::HEADERS.as_bytes()) => {
+                    rec.headers = Fields::read(&mut r, false)?;
+                }
+                (7, Some(b'p')) if cbor::bytes_eq(k, key::PAYLOAD.as_bytes()) => {
+                    seen |= 8;
+                    let last = i + 1 == h.arg;
+                    if clean && last {
+                        rec.payload_value_at = r.pos();
+                    }
+                    if r.peek().is_some_and(|b| b >> 5 == cbor::MAP && b & 0x1f != 31) {
+                        rec.payload = Fields::read(&mut r, last)?;
+                    } else {
+                        rec.raw_payload = Some(Value::decode(&mut r)?);
                     }
                 }
-                _ => d.skip().map_err(|_| Error::Input)?,
+                _ => {
+                    clean = false;
+                    r.skip()?;
+                }
             }
         }
-        if has_source && has_topic && has_ts && has_payload {
-            Ok(rec)
-        } else {
-            Err(Error::Input)
+        if seen != 15 || !r.at_end() {
+            return Err(Error::Input);
         }
+        utf8(rec.source)?;
+        utf8(rec.topic)?;
+        Ok(rec)
+    }
+
+    /// The source that produced the record.
+    pub fn source(&self) -> &'a str {
+        // Validated by `decode` or set from a `&str`.
+        utf8(self.source).unwrap_or("")
+    }
+
+    /// MQTT topic or other subject.
+    pub fn topic(&self) -> &'a str {
+        utf8(self.topic).unwrap_or("")
+    }
+
+    /// Receive time at the gateway, ms since the Unix epoch.
+    pub fn ts(&self) -> u64 {
+        self.ts
+    }
+
+    /// Replace the source.
+    pub fn set_source(&mut self, source: &'a str) {
+        self.source = source.as_bytes();
+        self.envelope_changed = true;
+    }
+
+    /// Replace the topic.
+    pub fn set_topic(&mut self, topic: &'a str) {
+        self.topic = topic.as_bytes();
+        self.envelope_changed = true;
+    }
+
+    /// Replace the timestamp.
+    pub fn set_ts(&mut self, ts: u64) {
+        self.ts = ts;
+        self.envelope_changed = true;
+    }
+
+    fn envelope_copyable(&self) -> bool {
+        self.payload_value_at != 0 && !self.envelope_changed && self.headers.is_unchanged()
+    }
+
+    /// True if the record would encode to exactly its input.
+    pub fn is_unchanged(&self) -> bool {
+        self.envelope_copyable() && self.payload.is_unchanged() && self.raw_payload.is_none()
+    }
+
+    /// The input this record was decoded from (empty for a new record).
+    pub fn input(&self) -> &'a [u8] {
+        self.input
     }
 
     /// Encode into `buf`, returning the length. [`Error::Resource`] if it does not fit.
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<usize, Error> {
-        let mut e = Encoder::new(Cursor::new(buf));
-        self.encode(&mut e).map_err(|_| Error::Resource)?;
-        Ok(e.writer().position())
-    }
-
-    fn encode<W: minicbor::encode::Write>(
-        &self,
-        e: &mut Encoder<W>,
-    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        let mut w = Writer::new(buf);
+        if self.envelope_copyable() && self.raw_payload.is_none() {
+            w.raw(self.input.get(..self.payload_value_at).ok_or(Error::Input)?)?;
+            self.payload.encode(&mut w)?;
+            return Ok(w.len());
+        }
         let has_headers = !self.headers.is_empty();
-        e.map(4 + u64::from(has_headers))?;
-        e.str(key::SOURCE)?.str(self.source)?;
-        e.str(key::TOPIC)?.str(self.topic)?;
-        e.str(key::TS)?.u64(self.ts)?;
+        w.head(cbor::MAP, 4 + u64::from(has_headers))?;
+        w.text(key::SOURCE)?;
+        w.text(self.source())?;
+        w.text(key::TOPIC)?;
+        w.text(self.topic())?;
+        w.text(key::TS)?;
+        w.head(cbor::UINT, self.ts)?;
         if has_headers {
-            e.str(key::HEADERS)?;
-            self.headers.encode(e)?;
+            w.text(key::HEADERS)?;
+            self.headers.encode(&mut w)?;
         }
-        e.str(key::PAYLOAD)?;
+        w.text(key::PAYLOAD)?;
         match &self.raw_payload {
-            Some(v) => v.encode(e),
-            None => self.payload.encode(e),
+            Some(v) => v.encode(&mut w)?,
+            None => self.payload.encode(&mut w)?,
         }
+        Ok(w.len())
     }
 
     /// A header's value.
@@ -113,43 +199,76 @@ impl<'a> Record<'a> {
 mod tests {
     use super::*;
 
-    fn sample() -> Record<'static> {
-        let mut r = Record {
-            source: "serial0",
-            topic: "sensors/s1/telemetry",
-            ts: 1_732_380_000_123,
-            ..Default::default()
-        };
+    fn sample(buf: &mut [u8]) -> usize {
+        let mut r = Record::new("serial0", "sensors/s1/telemetry", 1_732_380_000_123);
         r.payload.set("id", Value::Text("s1")).unwrap();
         r.payload.set("temp_c", Value::Float(21.53)).unwrap();
         r.payload.set("seq", Value::Int(42)).unwrap();
         r.set_header("k", "v").unwrap();
-        r
+        r.encode_into(buf).unwrap()
     }
 
     #[test]
     fn round_trip() {
         let mut buf = [0u8; 256];
-        let n = sample().encode_into(&mut buf).unwrap();
+        let n = sample(&mut buf);
         let r = Record::decode(&buf[..n]).unwrap();
-        assert_eq!(r.topic, "sensors/s1/telemetry");
-        assert_eq!(r.ts, 1_732_380_000_123);
+        assert_eq!(r.topic(), "sensors/s1/telemetry");
+        assert_eq!(r.ts(), 1_732_380_000_123);
         assert_eq!(r.payload.f64("temp_c"), Some(21.53));
-        assert_eq!(r.payload.get("seq"), Some(&Value::Int(42)));
+        assert_eq!(r.payload.get("seq"), Some(Value::Int(42)));
         assert_eq!(r.header("k"), Some("v"));
+        assert!(r.is_unchanged());
+        let mut out = [0u8; 256];
+        let m = r.encode_into(&mut out).unwrap();
+        assert_eq!(&out[..m], &buf[..n], "an unchanged record encodes to its input");
+    }
+
+    #[test]
+    fn changes_are_detected_and_applied() {
+        let mut buf = [0u8; 256];
+        let n = sample(&mut buf);
+        let mut r = Record::decode(&buf[..n]).unwrap();
+        r.payload.set("temp_f", Value::Float(70.75)).unwrap();
+        assert!(!r.is_unchanged());
+        let mut out = [0u8; 256];
+        let m = r.encode_into(&mut out).unwrap();
+        let back = Record::decode(&out[..m]).unwrap();
+        assert_eq!(back.payload.f64("temp_f"), Some(70.75));
+        assert_eq!(back.payload.str("id"), Some("s1"));
+        let mut r2 = Record::decode(&buf[..n]).unwrap();
+        r2.set_topic("other");
+        assert!(!r2.is_unchanged());
     }
 
     #[test]
     fn too_small_buffer_is_resource_error() {
-        let mut buf = [0u8; 16];
-        assert_eq!(sample().encode_into(&mut buf), Err(Error::Resource));
+        let mut buf = [0u8; 256];
+        let n = sample(&mut buf);
+        let mut r = Record::decode(&buf[..n]).unwrap();
+        r.set_topic("x");
+        assert_eq!(r.encode_into(&mut [0u8; 16]), Err(Error::Resource));
     }
 
     #[test]
-    fn missing_keys_and_garbage_are_input_errors() {
+    fn malformed_inputs_are_errors_never_panics() {
+        let mut buf = [0u8; 256];
+        let n = sample(&mut buf);
+        // The payload (the last entry) is read lazily: a cut inside it shows
+        // when its fields are read. Any cut before it fails decoding.
+        let payload_body = n - 28;
+        for cut in 0..payload_body {
+            assert_eq!(Record::decode(&buf[..cut]).unwrap_err(), Error::Input, "cut at {cut}");
+        }
+        for cut in payload_body..n {
+            if let Ok(r) = Record::decode(&buf[..cut]) {
+                let _ = (r.payload.get("seq"), r.payload.len());
+                let mut out = [0u8; 256];
+                let _ = r.encode_into(&mut out);
+            }
+        }
         assert_eq!(Record::decode(&[0xa0]).unwrap_err(), Error::Input);
         assert_eq!(Record::decode(&[0xff, 0x00]).unwrap_err(), Error::Input);
-        assert_eq!(Record::decode(&[]).unwrap_err(), Error::Input);
     }
 
     #[test]

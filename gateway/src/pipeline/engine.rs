@@ -1,6 +1,6 @@
 //! The wasmi engine shared by every stage.
 
-use wasmi::{CompilationMode, Config, EnforcedLimits, Engine};
+use wasmi::{CompilationMode, Config, CustomFuelCosts, EnforcedLimits, Engine};
 
 use super::error::LoadError;
 use super::module::CompiledModule;
@@ -11,9 +11,12 @@ const MAX_RECURSION_DEPTH: usize = 1024;
 /// The Wasm runtime: one engine, configured once.
 ///
 /// - Fuel metering is on: every record gets a fresh, deterministic budget.
-/// - Compilation is eager, so a module's first record is not charged fuel for
-///   translating its functions (lazy translation would charge tens of
-///   thousands of units to whichever record comes first).
+/// - Modules are validated completely at load (an invalid module is refused
+///   before it runs) but each function is translated to wasmi's IR on its
+///   first call, so load time does not grow with code that never runs (panic
+///   and formatting paths are most of a Rust guest). Translation is charged
+///   no fuel: fuel measures the module's own work, so the same record costs
+///   the same fuel whether it is the first or the millionth.
 /// - wasmi's strict parse limits guard the compiler against hostile modules.
 /// - Only the MVP plus the widely used post-MVP features Rust and clang emit
 ///   by default are enabled; SIMD, threads and memory64 are compiled out.
@@ -34,7 +37,12 @@ impl Runtime {
         let mut config = Config::default();
         config
             .consume_fuel(true)
-            .compilation_mode(CompilationMode::Eager)
+            .compilation_mode(CompilationMode::LazyTranslation)
+            .fuel_cost(CustomFuelCosts {
+                bytes_copied_per_fuel: 64,
+                fuel_per_bytes_translated: 0,
+                fuel_per_bytes_validated: 0,
+            })
             .enforced_limits(EnforcedLimits::strict())
             .set_max_recursion_depth(MAX_RECURSION_DEPTH)
             .wasm_multi_memory(false)

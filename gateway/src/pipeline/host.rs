@@ -55,6 +55,35 @@ impl Outputs {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.buf[s..e])
     }
+
+    /// Append one record written in place by `write` into at most `max` bytes.
+    /// Returns its length; on error nothing is appended.
+    pub fn push_with<E>(
+        &mut self,
+        max: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let start = self.buf.len();
+        self.buf.resize(start + max, 0);
+        match write(&mut self.buf[start..]) {
+            Ok(n) => {
+                self.buf.truncate(start + n);
+                self.ends.push(self.buf.len());
+                Ok(n)
+            }
+            Err(e) => {
+                self.buf.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove the last record.
+    fn pop(&mut self) {
+        if self.ends.pop().is_some() {
+            self.buf.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
 }
 
 /// A module's key/value state: survives records and instances.
@@ -84,6 +113,11 @@ pub struct HostState {
     pub(crate) limiter: StoreLimits,
     pub(crate) memory: Option<Memory>,
     pub(crate) outputs: Outputs,
+    /// The record being processed: re-emitted unchanged it needs no check;
+    /// `input_get` and `emit_input` read it.
+    pub(crate) input: Vec<u8>,
+    /// Where its payload lies, found on first use in a call.
+    pub(crate) payload: Option<Option<(usize, usize)>>,
     pub(crate) failure: Option<StageError>,
     pub(crate) kv: KvState,
     pub(crate) limits: Limits,
@@ -106,6 +140,8 @@ impl HostState {
             limiter,
             memory: None,
             outputs: Outputs::default(),
+            input: Vec::new(),
+            payload: None,
             failure: None,
             kv,
             limits,
@@ -115,11 +151,33 @@ impl HostState {
         }
     }
 
-    /// Prepare for the next call.
-    pub(crate) fn reset_call(&mut self) {
+    /// Prepare for the next call on `input`.
+    pub(crate) fn reset_call(&mut self, input: &[u8]) {
+        self.input.clear();
+        self.input.extend_from_slice(input);
+        self.payload = None;
         self.outputs.clear();
         self.failure = None;
         self.log_lines = 0;
+    }
+
+    fn payload_span(&mut self) -> Option<(usize, usize)> {
+        *self
+            .payload
+            .get_or_insert_with(|| weir_abi::patch::payload_span(&self.input))
+    }
+
+    /// Check the per-record output limits before adding a record of `len` bytes.
+    fn check_output(&mut self, call: &'static str, len: usize) -> Result<(), i32> {
+        if self.outputs.len() >= self.limits.max_outputs as usize {
+            let detail = format!("more than {} outputs for one record", self.limits.max_outputs);
+            return Err(self.fail(call, E_TOO_MANY_OUTPUTS, FailureKind::TooManyOutputs, detail));
+        }
+        if (self.outputs.bytes() + len) as u64 > self.limits.max_output_bytes {
+            let detail = format!("more than {} output bytes for one record", self.limits.max_output_bytes);
+            return Err(self.fail(call, E_TOO_LARGE, FailureKind::TooLarge, detail));
+        }
+        Ok(())
     }
 
     fn fail(&mut self, call: &'static str, code: i32, kind: FailureKind, detail: String) -> i32 {
@@ -164,20 +222,61 @@ macro_rules! bounds {
 fn emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let r = bounds!(st, imports::EMIT, mem, ptr, len);
-    if st.outputs.len() >= st.limits.max_outputs as usize {
-        let detail = format!("more than {} outputs for one record", st.limits.max_outputs);
-        return st.fail(imports::EMIT, E_TOO_MANY_OUTPUTS, FailureKind::TooManyOutputs, detail);
-    }
-    if (st.outputs.bytes() + r.len()) as u64 > st.limits.max_output_bytes {
-        let detail = format!("more than {} output bytes for one record", st.limits.max_output_bytes);
-        return st.fail(imports::EMIT, E_TOO_LARGE, FailureKind::TooLarge, detail);
+    if let Err(code) = st.check_output(imports::EMIT, r.len()) {
+        return code;
     }
     let bytes = &mem[r];
-    if let Err(e) = crate::record::validate_cbor(bytes) {
-        return st.fail(imports::EMIT, E_MALFORMED, FailureKind::Malformed, e.to_string());
+    // The input was valid; a module passing it on unchanged needs no check.
+    if bytes != st.input.as_slice() {
+        if let Err(why) = weir_abi::record::validate(bytes) {
+            let detail = format!("emitted record is malformed: {why}");
+            return st.fail(imports::EMIT, E_MALFORMED, FailureKind::Malformed, detail);
+        }
     }
     st.outputs.push(bytes);
     0
+}
+
+fn input_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let k = bounds!(st, imports::INPUT_GET, mem, kp, kl);
+    let v = bounds!(st, imports::INPUT_GET, mem, vp, vc);
+    let Some(payload) = st.payload_span() else {
+        return E_NOT_FOUND;
+    };
+    let Some(value) = weir_abi::patch::field(&st.input, payload, &mem[k]) else {
+        return E_NOT_FOUND;
+    };
+    if value.len() <= v.len() {
+        mem[v.start..v.start + value.len()].copy_from_slice(value);
+    }
+    i32::try_from(value.len()).unwrap_or(i32::MAX)
+}
+
+fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let r = bounds!(st, imports::EMIT_INPUT, mem, ptr, len);
+    let patch = &mem[r];
+    let max = weir_abi::patch::max_output_len(&st.input, patch);
+    if let Err(code) = st.check_output(imports::EMIT_INPUT, 0) {
+        return code;
+    }
+    let input = &st.input;
+    let written = st.outputs.push_with(max, |buf| {
+        let mut w = weir_abi::cbor::Writer::new(buf);
+        weir_abi::patch::apply(input, patch, &mut w).map(|()| w.len())
+    });
+    match written {
+        Ok(n) => {
+            if (st.outputs.bytes() as u64) > st.limits.max_output_bytes {
+                st.outputs.pop();
+                let detail = format!("{n}-byte record exceeds {} output bytes for one record", st.limits.max_output_bytes);
+                return st.fail(imports::EMIT_INPUT, E_TOO_LARGE, FailureKind::TooLarge, detail);
+            }
+            0
+        }
+        Err(why) => st.fail(imports::EMIT_INPUT, E_MALFORMED, FailureKind::Malformed, format!("bad patch: {why}")),
+    }
 }
 
 fn log(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> i32 {
@@ -262,6 +361,8 @@ pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
     let m = IMPORT_MODULE;
     let defined = "each import is defined once";
     l.func_wrap(m, imports::EMIT, emit).expect(defined);
+    l.func_wrap(m, imports::INPUT_GET, input_get).expect(defined);
+    l.func_wrap(m, imports::EMIT_INPUT, emit_input).expect(defined);
     for g in grants {
         match g {
             Grant::Log => {

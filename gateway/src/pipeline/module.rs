@@ -44,7 +44,8 @@ pub struct ModuleInfo {
 fn expected_import(name: &str) -> Option<(&'static [ValType], &'static [ValType])> {
     use ValType::{I32, I64};
     Some(match name {
-        imports::EMIT => (&[I32, I32], &[I32]),
+        imports::EMIT | imports::EMIT_INPUT => (&[I32, I32], &[I32]),
+        imports::INPUT_GET => (&[I32, I32, I32, I32], &[I32]),
         imports::LOG => (&[I32, I32, I32], &[I32]),
         imports::CLOCK_NOW_MS => (&[], &[I64]),
         imports::STATE_GET | imports::STATE_SET => (&[I32, I32, I32, I32], &[I32]),

@@ -171,8 +171,8 @@ impl Stage {
         };
         if let Ok(init) = instance.get_typed_func::<(i32, i32), i32>(&*store, exports::INIT) {
             store.set_fuel(self.spec.limits.fuel).map_err(|e| LoadError::Init(e.to_string()))?;
-            store.data_mut().reset_call();
             let config = self.spec.config.clone();
+            store.data_mut().reset_call(&[]);
             let ptr = place(store, &mut live, &config).map_err(|e| LoadError::Init(e.to_string()))?;
             let code = init
                 .call(&mut *store, (ptr as i32, config.len() as i32))
@@ -234,7 +234,7 @@ impl Stage {
             self.live = Some(live);
         }
         let (store, live) = (&mut self.store, self.live.as_mut().expect("instantiated above"));
-        store.data_mut().reset_call();
+        store.data_mut().reset_call(input);
         store.set_fuel(fuel).expect("fuel metering is enabled");
         let placed = place(store, live, input);
         let result = placed.and_then(|ptr| {

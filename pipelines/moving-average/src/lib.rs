@@ -7,7 +7,7 @@
 #![no_std]
 
 use weir_guest::host::state;
-use weir_guest::{Action, Error, Fields, Global, Record, Value};
+use weir_guest::{Action, Error, Fields, Global, Input, Patch, Value};
 
 const MAX_WINDOW: usize = 32;
 static WINDOW: Global<usize> = Global::new(10);
@@ -24,35 +24,69 @@ pub fn init(cfg: &Fields<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// One sensor's window, as stored in the module's state.
+struct Window {
+    count: usize,
+    next: usize,
+    temps: [f64; MAX_WINDOW],
+}
+
+impl Window {
+    fn load(bytes: &[u8], window: usize) -> Window {
+        let mut w = Window { count: 0, next: 0, temps: [0.0; MAX_WINDOW] };
+        // A stored window of another size (the config changed) starts afresh.
+        if let [count, next, rest @ ..] = bytes {
+            if rest.len() == 8 * window && (*count as usize) <= window && (*next as usize) < window {
+                w.count = *count as usize;
+                w.next = *next as usize;
+                for (t, chunk) in w.temps.iter_mut().zip(rest.chunks_exact(8)) {
+                    let mut b = [0u8; 8];
+                    b.iter_mut().zip(chunk).for_each(|(d, s)| *d = *s);
+                    *t = f64::from_le_bytes(b);
+                }
+            }
+        }
+        w
+    }
+
+    fn store(&self, out: &mut [u8; 2 + 8 * MAX_WINDOW], window: usize) -> usize {
+        out[0] = self.count as u8;
+        out[1] = self.next as u8;
+        for (chunk, t) in out[2..].chunks_exact_mut(8).zip(&self.temps[..]).take(window) {
+            chunk.iter_mut().zip(t.to_le_bytes()).for_each(|(d, s)| *d = s);
+        }
+        2 + 8 * window
+    }
+
+    fn push(&mut self, t: f64, window: usize) -> f64 {
+        if let Some(slot) = self.temps.get_mut(self.next) {
+            *slot = t;
+        }
+        self.next = if self.next + 1 >= window { 0 } else { self.next + 1 };
+        self.count = (self.count + 1).min(window);
+        self.temps.iter().take(self.count).sum::<f64>() / self.count as f64
+    }
+}
+
 /// Update the sensor's window and add the mean.
-pub fn transform(rec: &mut Record<'_>) -> Result<Action, Error> {
-    let t = rec.payload.f64("temp_c").ok_or(Error::Transform)?;
-    let id = rec.payload.str("id").ok_or(Error::Transform)?;
-    let window = WINDOW.get();
+pub fn transform(input: &Input<'_>, out: &mut Patch) -> Result<Action, Error> {
+    let t = input.f64("temp_c").ok_or(Error::Transform)?;
+    let mut id_buf = [0u8; 64];
+    let id = input.str("id", &mut id_buf).ok_or(Error::Transform)?;
+    let window = WINDOW.get().clamp(1, MAX_WINDOW);
 
     let mut buf = [0u8; 2 + 8 * MAX_WINDOW];
-    let size = 2 + 8 * window;
-    let (mut count, mut next) = match state::get(id.as_bytes(), &mut buf[..size])? {
-        Some(n) if n == size => (buf[0] as usize, buf[1] as usize),
-        _ => (0, 0), // new sensor, or the window size changed: start afresh
+    let stored = match state::get(id.as_bytes(), &mut buf)? {
+        Some(n) => buf.get(..n).unwrap_or(&[]),
+        None => &[],
     };
-    let slot = 2 + 8 * next;
-    buf[slot..slot + 8].copy_from_slice(&t.to_le_bytes());
-    next = (next + 1) % window;
-    count = (count + 1).min(window);
-    buf[0] = count as u8;
-    buf[1] = next as u8;
-    state::set(id.as_bytes(), &buf[..size])?;
+    let mut w = Window::load(stored, window);
+    let avg = w.push(t, window);
+    let n = w.store(&mut buf, window);
+    state::set(id.as_bytes(), buf.get(..n).unwrap_or(&[]))?;
 
-    let sum: f64 = (0..count)
-        .map(|i| {
-            let s = 2 + 8 * i;
-            f64::from_le_bytes(buf[s..s + 8].try_into().unwrap_or([0; 8]))
-        })
-        .sum();
-    let avg = libm::round(sum / count as f64 * 100.0) / 100.0;
-    rec.payload.set("temp_avg10_c", Value::Float(avg))?;
+    out.set("temp_avg10_c", Value::Float(libm::round(avg * 100.0) / 100.0))?;
     Ok(Action::Emit)
 }
 
-weir_guest::export_transform!(transform, init = init);
+weir_guest::export_patch_transform!(transform, init = init);

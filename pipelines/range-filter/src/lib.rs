@@ -3,7 +3,7 @@
 //! A record without a numeric `temp_c` is an error (it goes to the error policy).
 #![no_std]
 
-use weir_guest::{Action, Error, Fields, Global, Record};
+use weir_guest::{Action, Error, Fields, Global, Input, Patch};
 
 static MIN: Global<f64> = Global::new(-40.0);
 static MAX: Global<f64> = Global::new(85.0);
@@ -11,9 +11,8 @@ static MAX: Global<f64> = Global::new(85.0);
 /// Read `min` / `max` from the stage config.
 pub fn init(cfg: &Fields<'_>) -> Result<(), Error> {
     for (key, cell) in [("min", &MIN), ("max", &MAX)] {
-        match cfg.get(key) {
-            None => {}
-            Some(v) => cell.set(v.as_f64().ok_or(Error::Config)?),
+        if let Some(v) = cfg.get(key) {
+            cell.set(v.as_f64().ok_or(Error::Config)?);
         }
     }
     if MIN.get() > MAX.get() {
@@ -22,10 +21,10 @@ pub fn init(cfg: &Fields<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Keep the record when `temp_c` is within range.
-pub fn transform(rec: &mut Record<'_>) -> Result<Action, Error> {
-    let t = rec.payload.f64("temp_c").ok_or(Error::Transform)?;
+/// Keep the record (unchanged) when `temp_c` is within range.
+pub fn transform(input: &Input<'_>, _out: &mut Patch) -> Result<Action, Error> {
+    let t = input.f64("temp_c").ok_or(Error::Transform)?;
     Ok(if (MIN.get()..=MAX.get()).contains(&t) { Action::Emit } else { Action::Drop })
 }
 
-weir_guest::export_transform!(transform, init = init);
+weir_guest::export_patch_transform!(transform, init = init);

@@ -1,0 +1,130 @@
+//! Field access and patching of a record's payload, as the host performs
+//! them for the `input_get` and `emit_input` imports. Pure functions over
+//! bytes, shared by the gateway and the SDK's native stand-in host.
+
+use crate::cbor::{self, Reader, Writer};
+use crate::record;
+
+/// Where the payload's value lies in a (valid) record: `(start, end)`.
+pub fn payload_span(rec: &[u8]) -> Option<(usize, usize)> {
+    let mut r = Reader::new(rec);
+    let h = r.head().ok()?;
+    if h.major != cbor::MAP {
+        return None;
+    }
+    for _ in 0..h.arg {
+        let k = r.text_bytes().ok()?;
+        let start = r.pos();
+        r.skip().ok()?;
+        if k == record::PAYLOAD.as_bytes() {
+            return Some((start, r.pos()));
+        }
+    }
+    None
+}
+
+/// The raw CBOR of payload field `key`, if the payload is a map holding it.
+pub fn field<'a>(rec: &'a [u8], payload: (usize, usize), key: &[u8]) -> Option<&'a [u8]> {
+    let mut r = Reader::at(rec.get(..payload.1)?, payload.0);
+    let h = r.head().ok()?;
+    if h.major != cbor::MAP || h.indefinite() {
+        return None;
+    }
+    for _ in 0..h.arg {
+        let k = r.key()?;
+        let start = r.pos();
+        r.skip_fast()?;
+        if cbor::bytes_eq(k, key) {
+            return rec.get(start..r.pos());
+        }
+    }
+    None
+}
+
+/// The CBOR simple value `undefined`: as a patch value, removes the key.
+pub const REMOVE: u8 = 0xf7;
+
+/// Most entries a patch may hold.
+pub const MAX_PATCH_ENTRIES: usize = 64;
+
+/// Upper bound of a patched record's size.
+pub fn max_output_len(rec: &[u8], patch: &[u8]) -> usize {
+    rec.len() + patch.len() + 9
+}
+
+/// Write `rec` with its payload map patched: each entry of `patch` (a
+/// definite map with text keys) replaces the payload entry with the same key
+/// in place, or is appended; an entry whose value is `undefined` removes
+/// the key. An empty patch writes `rec` unchanged. `rec` must be a valid record.
+pub fn apply(rec: &[u8], patch: &[u8], w: &mut Writer<'_>) -> Result<(), &'static str> {
+    if patch.is_empty() {
+        return w.raw(rec).map_err(|_| "output buffer too small");
+    }
+    // Check the patch and collect its entries: (key, value bytes).
+    let mut entries = [(&[][..], &[][..]); MAX_PATCH_ENTRIES];
+    let mut pr = Reader::new(patch);
+    let ph = pr.head().map_err(|_| "patch is not CBOR")?;
+    if ph.major != cbor::MAP || ph.indefinite() {
+        return Err("patch must be a definite-length map");
+    }
+    if ph.arg as usize > MAX_PATCH_ENTRIES {
+        return Err("patch has more than 64 entries");
+    }
+    for slot in entries.iter_mut().take(ph.arg as usize) {
+        let k = pr.text().map_err(|_| "patch keys must be text")?;
+        let start = pr.pos();
+        pr.validate_item().map_err(|_| "a patch value is malformed CBOR")?;
+        *slot = (k.as_bytes(), &patch[start..pr.pos()]);
+    }
+    if !pr.at_end() {
+        return Err("bytes after the patch map");
+    }
+    let entries = &entries[..ph.arg as usize];
+    for (i, (k, _)) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|(k2, _)| k2 == k) {
+            return Err("a key appears twice in the patch");
+        }
+    }
+
+    let (ps, pe) = payload_span(rec).ok_or("input record has no payload")?;
+    let mut r = Reader::at(&rec[..pe], ps);
+    let h = r.head().map_err(|_| "input payload is malformed")?;
+    if h.major != cbor::MAP || h.indefinite() {
+        return Err("the payload is not a map, so it cannot be patched");
+    }
+    // Pass 1: count what survives.
+    let body = r.pos();
+    let mut kept = 0u64;
+    for _ in 0..h.arg {
+        let k = r.text_bytes().map_err(|_| "input payload is malformed")?;
+        r.skip().map_err(|_| "input payload is malformed")?;
+        if !entries.iter().any(|(pk, _)| *pk == k) {
+            kept += 1;
+        }
+    }
+    let added = entries.iter().filter(|(_, v)| *v != [REMOVE]).count() as u64;
+    // Pass 2: envelope before the payload, patched payload, envelope after.
+    let full = |_| "output buffer too small";
+    w.raw(&rec[..ps]).map_err(full)?;
+    w.head(cbor::MAP, kept + added).map_err(full)?;
+    let mut r = Reader::at(&rec[..pe], body);
+    let mut run = body;
+    for _ in 0..h.arg {
+        let entry = r.pos();
+        let k = r.text_bytes().map_err(|_| "input payload is malformed")?;
+        r.skip().map_err(|_| "input payload is malformed")?;
+        if entries.iter().any(|(pk, _)| *pk == k) {
+            w.raw(&rec[run..entry]).map_err(full)?;
+            run = r.pos();
+        }
+    }
+    w.raw(&rec[run..pe]).map_err(full)?;
+    for (k, v) in entries {
+        if *v != [REMOVE] {
+            w.head(cbor::TEXT, k.len() as u64).map_err(full)?;
+            w.raw(k).map_err(full)?;
+            w.raw(v).map_err(full)?;
+        }
+    }
+    w.raw(&rec[pe..]).map_err(full)
+}
