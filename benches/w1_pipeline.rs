@@ -65,7 +65,7 @@ fn main() {
     let rt = Runtime::new();
 
     // --- Throughput: the whole pipeline.
-    let stages = MODULES.iter().map(|m| Stage::new(rt.engine(), spec(&rt, m, Isolation::Reuse)).unwrap()).collect();
+    let stages = MODULES.iter().map(|m| Stage::new(spec(&rt, m, Isolation::Reuse)).unwrap()).collect();
     let mut pipe = Pipeline::new("w1", stages, ErrorPolicy::DeadLetter);
     let mut out = PipelineOutput::default();
     let mut wasm_bytes = Vec::new();
@@ -119,7 +119,7 @@ fn main() {
     }).collect();
     println!("\nABI design, enrich on {} records (µs/record, best of 3)   wasm   native  ratio", enriched.len());
     for m in [&MODULES[1], &ENRICH_CBOR] {
-        let mut stage = Stage::new(rt.engine(), spec(&rt, m, Isolation::Reuse)).unwrap();
+        let mut stage = Stage::new(spec(&rt, m, Isolation::Reuse)).unwrap();
         let (d, _) = best_of(3, || enriched.iter().for_each(|i| drop(stage.process(i))));
         let mut out = native::Outputs::default();
         let (dn, _) = best_of(3, || enriched.iter().for_each(|i| {
@@ -148,16 +148,16 @@ fn main() {
         for _ in 0..50 {
             let s = spec(&rt, m, Isolation::Reuse);
             let t = Instant::now();
-            let mut stage = Stage::new(rt.engine(), s).unwrap();
+            let mut stage = Stage::new(s).unwrap();
             inst.push(t.elapsed());
             let t = Instant::now();
             let _ = stage.process(&inputs[0]);
             first.push(t.elapsed());
         }
-        let mut stage = Stage::new(rt.engine(), spec(&rt, m, Isolation::Reuse)).unwrap();
+        let mut stage = Stage::new(spec(&rt, m, Isolation::Reuse)).unwrap();
         let (d, _) = best_of(3, || sample.iter().for_each(|i| drop(stage.process(i))));
         let fuel = stage.metrics().fuel_used / stage.metrics().records_in.max(1);
-        let mut fresh = Stage::new(rt.engine(), spec(&rt, m, Isolation::PerRecord)).unwrap();
+        let mut fresh = Stage::new(spec(&rt, m, Isolation::PerRecord)).unwrap();
         let few = &sample[..sample.len().min(2000)];
         let (d_fresh, _) = best_of(3, || few.iter().for_each(|i| drop(fresh.process(i))));
         println!(

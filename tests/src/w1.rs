@@ -108,7 +108,9 @@ pub struct Expected {
 pub fn reference(readings: &[Reading]) -> Vec<Expected> {
     const A: f64 = 17.62;
     const B: f64 = 243.12;
-    let mut windows: HashMap<&str, VecDeque<f64>> = HashMap::new();
+    // Windows hold micro-degrees, so the mean is exact for readings with up
+    // to six decimals: the spec's "rounded to 0.01" of the true mean.
+    let mut windows: HashMap<&str, VecDeque<i64>> = HashMap::new();
     let mut out = Vec::new();
     for r in readings {
         if !(-40.0..=85.0).contains(&r.temp_c) {
@@ -117,16 +119,19 @@ pub fn reference(readings: &[Reading]) -> Vec<Expected> {
         let t = r.temp_c;
         let gamma = (r.hum / 100.0).ln() + A * t / (B + t);
         let w = windows.entry(&r.id).or_default();
-        w.push_back(t);
+        w.push_back((t * 1e6).round() as i64);
         if w.len() > 10 {
             w.pop_front();
         }
+        let (sum, n) = (w.iter().sum::<i64>(), w.len() as i64 * 10_000);
+        // round(sum / n) half away from zero, in integers: hundredths of a degree
+        let avg_hundredths = (2 * sum + sum.signum() * n) / (2 * n);
         out.push(Expected {
             seq: r.seq,
             id: r.id.clone(),
             temp_f: round_to(t * 1.8 + 32.0, 2),
             dew_point_c: round_to(B * gamma / (A - gamma), 2),
-            temp_avg10_c: round_to(w.iter().sum::<f64>() / w.len() as f64, 2),
+            temp_avg10_c: avg_hundredths as f64 / 100.0,
         });
     }
     out

@@ -148,7 +148,7 @@ fn test(args: TestArgs) -> Result<(), Failure> {
         config: serde_cbor::to_vec(&config)?,
         quarantine_after: u32::MAX,
     };
-    let mut stage = Stage::new(rt.engine(), spec).map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", args.file.display())))?;
+    let mut stage = Stage::new(spec).map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", args.file.display())))?;
     let parser = JsonInput {
         source: "test".into(),
         topic_template: args.topic,

@@ -175,10 +175,18 @@ impl Config {
         let de = toml::Deserializer::new(text);
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
+            let inner = e.into_inner();
+            let mut message = inner.message().trim().to_string();
+            if let Some(span) = inner.span() {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                message.push_str(&format!(" (line {line}, column {column})"));
+            }
             ConfigError {
                 file: file.into(),
                 key: if key == "." { "(top level)".into() } else { key },
-                message: e.into_inner().message().trim().to_string(),
+                message,
             }
         })?;
         cfg.file = file.into();

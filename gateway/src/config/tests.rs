@@ -1,0 +1,111 @@
+use std::path::Path;
+
+use super::*;
+
+fn dir_with_module() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    dir
+}
+
+fn parse(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "weir.toml", dir)
+}
+
+const GOOD: &str = r#"
+[gateway]
+id = "gw-1"
+
+[defaults.limits]
+fuel = 5000
+memory = "2 MiB"
+
+[[pipeline]]
+name = "w1"
+on_error = "pass"
+limits = { max_outputs = 2 }
+
+  [[pipeline.stage]]
+  name = "a"
+  module = "m.wasm"
+  grants = ["state", "log"]
+  isolation = "per-record"
+  limits = { fuel = 7, max_output_bytes = "1 KiB" }
+  config = { window = 5, label = "x" }
+"#;
+
+#[test]
+fn a_good_config_loads_with_inherited_limits() {
+    let dir = dir_with_module();
+    let cfg = parse(dir.path(), GOOD).unwrap();
+    let (p, s) = (&cfg.pipelines[0], &cfg.pipelines[0].stages[0]);
+    assert_eq!(cfg.gateway.id, "gw-1");
+    assert_eq!(p.on_error, ErrorPolicy::Pass);
+    assert_eq!(s.isolation, Isolation::PerRecord);
+    assert_eq!(s.grants, vec![Grant::State, Grant::Log]);
+    let l = cfg.stage_limits(p, s);
+    assert_eq!(
+        (l.fuel, l.memory_bytes, l.max_outputs, l.max_output_bytes),
+        (7, 2 << 20, 2, 1024),
+        "stage over pipeline over defaults over built-in"
+    );
+    assert_eq!(l.state_bytes, Limits::default().state_bytes);
+    assert_eq!(cfg.module_path(s), dir.path().join("m.wasm"));
+}
+
+/// Each broken config must fail with an error naming the file and this key.
+#[test]
+fn errors_name_the_file_and_the_key() {
+    let dir = dir_with_module();
+    let cases = [
+        (GOOD.replace("fuel = 7", "fule = 7"), "pipeline[0].stage[0].limits.fule", "unknown field"),
+        (GOOD.replace("\"state\", \"log\"", "\"state\", \"net\""), "pipeline[0].stage[0].grants[1]", "net"),
+        (GOOD.replace("\"2 MiB\"", "\"2 MB/s\""), "defaults.limits.memory", "unit"),
+        (GOOD.replace("on_error = \"pass\"", "on_error = \"retry\""), "pipeline[0].on_error", "retry"),
+        (GOOD.replace("m.wasm", "missing.wasm"), "pipeline[0].stage[0].module", "missing.wasm"),
+        (GOOD.replace("fuel = 5000", "fuel = 0"), "defaults.limits.fuel", "at least 1"),
+        (GOOD.replace("fuel = 7,", "fuel = -7,"), "pipeline[0].stage[0].limits.fuel", "-7"),
+        (GOOD.replace("name = \"w1\"", "name = \"w1\"\nquarantine_after = 0"), "pipeline[0].quarantine_after", "at least 1"),
+        (GOOD.replace("id = \"gw-1\"", "id = \"gw/1\""), "gateway.id", "'/'"),
+        (GOOD.replace("\"state\", \"log\"", "\"log\", \"log\""), "pipeline[0].stage[0].grants[1]", "twice"),
+        (format!("{GOOD}\n  [[pipeline.stage]]\n  name = \"a\"\n  module = \"m.wasm\"\n"), "pipeline[0].stage[1].name", "used twice"),
+        (GOOD.replace("[gateway]", "[gateway]\nsecret = 1"), "gateway.secret", "unknown field"),
+        (GOOD.replace("isolation = \"per-record\"", "isolation = \"per-reccord\""), "pipeline[0].stage[0].isolation", "per-reccord"),
+        (GOOD.replace("module = \"m.wasm\"", ""), "pipeline[0].stage[0]", "module"),
+        ("[[pipeline]]\nname = \"x\"\nstage = []\n".to_string(), "pipeline[0].stage", "at least one stage"),
+        ("[gateway]\nid = 1\n[gateway\n".to_string(), "(top level)", "line 3"),
+    ];
+    for (text, key, needle) in cases {
+        let err = parse(dir.path(), &text).expect_err(key);
+        let msg = err.to_string();
+        assert_eq!(err.key, key, "{msg}");
+        assert!(msg.starts_with("weir.toml: "), "{msg}");
+        assert!(msg.contains(needle), "{key}: `{needle}` not in: {msg}");
+    }
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    for (text, bytes) in [("4096", 4096), ("64 KiB", 65536), ("1MB", 1_000_000), ("2 GiB", 2 << 30), (" 3 B ", 3)] {
+        assert_eq!(parse_size(text), Ok(ByteSize(bytes)), "{text}");
+    }
+    for bad in ["", "MiB", "4 mib", "-1", "99999999999999999999 GiB"] {
+        assert!(parse_size(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let err = Config::load(Path::new("/nonexistent/weir.toml")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/weir.toml: (file): cannot read"), "{err}");
+}
+
+#[test]
+fn modules_dir_is_relative_to_the_config() {
+    let dir = dir_with_module();
+    std::fs::create_dir(dir.path().join("mods")).unwrap();
+    std::fs::rename(dir.path().join("m.wasm"), dir.path().join("mods/m.wasm")).unwrap();
+    let text = GOOD.replace("id = \"gw-1\"", "id = \"gw-1\"\nmodules_dir = \"mods\"");
+    let cfg = parse(dir.path(), &text).unwrap();
+    assert_eq!(cfg.module_path(&cfg.pipelines[0].stages[0]), dir.path().join("mods/m.wasm"));
+}

@@ -122,7 +122,7 @@ impl Pipeline {
                     config: serde_cbor::to_vec(&s.config).expect("a TOML table serializes"),
                     quarantine_after: p.quarantine_after,
                 };
-                stages.push(Stage::new(rt.engine(), spec).map_err(err)?);
+                stages.push(Stage::new(spec).map_err(err)?);
             }
             out.push(Pipeline::new(p.name.clone(), stages, p.on_error));
         }

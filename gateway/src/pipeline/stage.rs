@@ -91,8 +91,11 @@ pub struct Stage {
 
 impl Stage {
     /// Check the module against its grants, instantiate it and run `weir_init`.
-    pub fn new(engine: &Engine, spec: StageSpec) -> Result<Stage, LoadError> {
+    /// The stage runs on the engine that compiled the module.
+    pub fn new(spec: StageSpec) -> Result<Stage, LoadError> {
         spec.module.check(&spec.grants)?;
+        let engine = spec.module.module.engine().clone();
+        let engine = &engine;
         let label: Arc<str> = spec.label.as_str().into();
         let linker = host::linker(engine, &spec.grants);
         let store = Store::new(engine, HostState::new(label.clone(), spec.limits, KvState::default()));
@@ -235,8 +238,11 @@ impl Stage {
         }
         let (store, live) = (&mut self.store, self.live.as_mut().expect("instantiated above"));
         store.data_mut().reset_call(input);
+        // `weir_alloc` (called only when a record outgrows the buffer) runs on
+        // its own budget, so a record's fuel is the same whenever it comes.
         store.set_fuel(fuel).expect("fuel metering is enabled");
         let placed = place(store, live, input);
+        store.set_fuel(fuel).expect("fuel metering is enabled");
         let result = placed.and_then(|ptr| {
             live.transform
                 .call(&mut *store, (ptr as i32, input.len() as i32))
