@@ -8,9 +8,11 @@
 use std::time::Instant;
 
 use testkit::w1;
-use weir::pipeline::{ErrorPolicy, Grant, Isolation, Limits, Pipeline, PipelineOutput, Runtime, Stage, StageSpec};
+use weir::pipeline::{
+    ErrorPolicy, Grant, Isolation, Limits, Pipeline, PipelineOutput, Runtime, Stage, StageSpec,
+};
 use weir_benches::{best_of, median_us, rate};
-use weir_guest::{native, PatchFn, TransformFn};
+use weir_guest::{PatchFn, TransformFn, native};
 
 /// The same transform code, callable natively.
 #[derive(Clone, Copy)]
@@ -36,14 +38,33 @@ struct Module {
 }
 
 const MODULES: [Module; 3] = [
-    Module { name: "range-filter", stem: "weir_w1_range_filter", grants: &[], native: Native::Patch(weir_w1_range_filter::transform) },
-    Module { name: "enrich", stem: "weir_w1_enrich", grants: &[], native: Native::Patch(weir_w1_enrich::transform) },
-    Module { name: "moving-average", stem: "weir_w1_moving_average", grants: &[Grant::State], native: Native::Patch(weir_w1_moving_average::transform) },
+    Module {
+        name: "range-filter",
+        stem: "weir_w1_range_filter",
+        grants: &[],
+        native: Native::Patch(weir_w1_range_filter::transform),
+    },
+    Module {
+        name: "enrich",
+        stem: "weir_w1_enrich",
+        grants: &[],
+        native: Native::Patch(weir_w1_enrich::transform),
+    },
+    Module {
+        name: "moving-average",
+        stem: "weir_w1_moving_average",
+        grants: &[Grant::State],
+        native: Native::Patch(weir_w1_moving_average::transform),
+    },
 ];
 
 /// enrich written over the full Record: the guest parses and re-encodes CBOR.
-const ENRICH_CBOR: Module =
-    Module { name: "enrich-cbor", stem: "weir_w1_enrich_cbor", grants: &[], native: Native::Record(weir_w1_enrich_cbor::transform) };
+const ENRICH_CBOR: Module = Module {
+    name: "enrich-cbor",
+    stem: "weir_w1_enrich_cbor",
+    grants: &[],
+    native: Native::Record(weir_w1_enrich_cbor::transform),
+};
 
 fn spec(rt: &Runtime, m: &Module, isolation: Isolation) -> StageSpec {
     let wasm = std::fs::read(testkit::module(m.stem)).expect("module built by testkit");
@@ -59,13 +80,19 @@ fn spec(rt: &Runtime, m: &Module, isolation: Isolation) -> StageSpec {
 }
 
 fn main() {
-    let n: usize = std::env::var("W1_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::var("W1_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let readings = w1::generate(n, 42);
     let inputs: Vec<Vec<u8>> = readings.iter().map(|r| r.record().to_cbor()).collect();
     let rt = Runtime::new();
 
     // --- Throughput: the whole pipeline.
-    let stages = MODULES.iter().map(|m| Stage::new(spec(&rt, m, Isolation::Reuse)).unwrap()).collect();
+    let stages = MODULES
+        .iter()
+        .map(|m| Stage::new(spec(&rt, m, Isolation::Reuse)).unwrap())
+        .collect();
     let mut pipe = Pipeline::new("w1", stages, ErrorPolicy::DeadLetter);
     let mut out = PipelineOutput::default();
     let mut wasm_bytes = Vec::new();
@@ -74,7 +101,9 @@ fn main() {
         for input in &inputs {
             out.clear();
             pipe.process(input, &mut out);
-            out.records.iter().for_each(|r| wasm_bytes.extend_from_slice(r));
+            out.records
+                .iter()
+                .for_each(|r| wasm_bytes.extend_from_slice(r));
         }
         pipe.metrics().records_out
     });
@@ -99,12 +128,23 @@ fn main() {
         }
         count
     });
-    assert_eq!(wasm_bytes, native_bytes, "wasm and native must produce identical records");
+    assert_eq!(
+        wasm_bytes, native_bytes,
+        "wasm and native must produce identical records"
+    );
     let _ = (wasm_out, native_out);
     let (r_wasm, r_native) = (rate(n, d_wasm), rate(n, d_native));
     println!("W1 pipeline: {n} records, 3 stages, one core (best of 3)");
-    println!("  wasm (wasmi)        {:>12.0} records/s  {:>7.2} µs/record", r_wasm, 1e6 / r_wasm);
-    println!("  native (same code)  {:>12.0} records/s  {:>7.2} µs/record", r_native, 1e6 / r_native);
+    println!(
+        "  wasm (wasmi)        {:>12.0} records/s  {:>7.2} µs/record",
+        r_wasm,
+        1e6 / r_wasm
+    );
+    println!(
+        "  native (same code)  {:>12.0} records/s  {:>7.2} µs/record",
+        r_native,
+        1e6 / r_native
+    );
     println!("  ratio wasm/native   {:>12.2}x", r_native / r_wasm);
 
     if std::env::var("W1_SECTIONS").is_ok_and(|s| s == "pipeline") {
@@ -112,27 +152,46 @@ fn main() {
     }
 
     // --- ABI design: the same enrich logic, guest-parsed CBOR vs host-served fields.
-    let enriched: Vec<&Vec<u8>> = inputs.iter().filter(|i| {
-        let mut o = native::Outputs::default();
-        weir_guest::native::call_patch_into(i, weir_w1_range_filter::transform, &mut o);
-        !o.is_empty()
-    }).collect();
-    println!("\nABI design, enrich on {} records (µs/record, best of 3)   wasm   native  ratio", enriched.len());
+    let enriched: Vec<&Vec<u8>> = inputs
+        .iter()
+        .filter(|i| {
+            let mut o = native::Outputs::default();
+            weir_guest::native::call_patch_into(i, weir_w1_range_filter::transform, &mut o);
+            !o.is_empty()
+        })
+        .collect();
+    println!(
+        "\nABI design, enrich on {} records (µs/record, best of 3)   wasm   native  ratio",
+        enriched.len()
+    );
     for m in [&MODULES[1], &ENRICH_CBOR] {
         let mut stage = Stage::new(spec(&rt, m, Isolation::Reuse)).unwrap();
         let (d, _) = best_of(3, || enriched.iter().for_each(|i| drop(stage.process(i))));
         let mut out = native::Outputs::default();
-        let (dn, _) = best_of(3, || enriched.iter().for_each(|i| {
-            out.clear();
-            m.native.call(i, &mut out);
-        }));
+        let (dn, _) = best_of(3, || {
+            enriched.iter().for_each(|i| {
+                out.clear();
+                m.native.call(i, &mut out);
+            })
+        });
         let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / enriched.len() as f64;
-        let how = if m.name == "enrich" { "host fields (input_get/emit_input)" } else { "guest parses CBOR (Record)      " };
-        println!("  {how}            {:>6.2}  {:>6.2}  {:>5.1}x", per(d), per(dn), per(d) / per(dn));
+        let how = if m.name == "enrich" {
+            "host fields (input_get/emit_input)"
+        } else {
+            "guest parses CBOR (Record)      "
+        };
+        println!(
+            "  {how}            {:>6.2}  {:>6.2}  {:>5.1}x",
+            per(d),
+            per(dn),
+            per(d) / per(dn)
+        );
     }
 
     // --- Per stage: cold start, first record, steady state, per-record isolation.
-    println!("\nper module (µs, median)  compile  instantiate+init  first record  steady  per-record-instance  fuel/record");
+    println!(
+        "\nper module (µs, median)  compile  instantiate+init  first record  steady  per-record-instance  fuel/record"
+    );
     let sample = &inputs[..inputs.len().min(20_000)];
     for m in &MODULES {
         let wasm = std::fs::read(testkit::module(m.stem)).unwrap();

@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { weir::cli::main() }
+fn main() -> std::process::ExitCode {
+    weir::cli::main()
+}

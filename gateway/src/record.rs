@@ -57,7 +57,10 @@ impl Record {
         obj.insert("topic".into(), self.topic.clone().into());
         obj.insert("ts".into(), self.ts.into());
         if !self.headers.is_empty() {
-            let h = self.headers.iter().map(|(k, v)| (k.clone(), v.clone().into()));
+            let h = self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()));
             obj.insert("headers".into(), serde_json::Value::Object(h.collect()));
         }
         obj.insert("payload".into(), cbor_to_json(&self.payload));
@@ -195,7 +198,9 @@ fn fill_template(template: &str, obj: &serde_json::Map<String, serde_json::Value
     let mut out = String::with_capacity(template.len() + 8);
     let mut rest = template;
     while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else { break };
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
         out.push_str(&rest[..start]);
         let key = &rest[start + 1..start + len];
         match obj.get(key) {
@@ -255,7 +260,13 @@ mod tests {
 
     #[test]
     fn bad_json_is_an_error_not_a_panic() {
-        for bad in ["", "{", "[1]", r#"{"payload":1,"ts":-1}"#, r#"{"payload":1,"headers":{"a":1}}"#] {
+        for bad in [
+            "",
+            "{",
+            "[1]",
+            r#"{"payload":1,"ts":-1}"#,
+            r#"{"payload":1,"headers":{"a":1}}"#,
+        ] {
             assert!(input().parse(bad, 0).is_err(), "{bad}");
         }
     }

@@ -37,7 +37,10 @@ fn module(stem: &str) -> String {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The W1 config shipped in pipelines/, pointed at the built modules.
@@ -45,7 +48,10 @@ fn w1_config(dir: &Path) -> PathBuf {
     let shipped = std::fs::read_to_string(repo().join("pipelines/w1.toml")).unwrap();
     let cfg = shipped.replace(
         "modules_dir = \"../target/modules\"",
-        &format!("modules_dir = {:?}", testkit::modules_dir().display().to_string()),
+        &format!(
+            "modules_dir = {:?}",
+            testkit::modules_dir().display().to_string()
+        ),
     );
     assert_ne!(cfg, shipped, "the shipped config sets modules_dir");
     let path = dir.join("w1.toml");
@@ -55,14 +61,26 @@ fn w1_config(dir: &Path) -> PathBuf {
 
 #[test]
 fn inspect_shows_abi_grants_and_imports() {
-    let out = weir(&["module", "inspect", &module("weir_w1_moving_average")], None);
+    let out = weir(
+        &["module", "inspect", &module("weir_w1_moving_average")],
+        None,
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("abi version:   1"), "{stdout}");
     assert!(stdout.contains("grants needed: state"), "{stdout}");
-    assert!(stdout.contains("weir.state_get: func(i32, i32, i32, i32) -> (i32)"), "{stdout}");
-    assert!(stdout.contains("weir_transform: func(i32, i32) -> (i32)"), "{stdout}");
-    let json = weir(&["module", "inspect", "--json", &module("c_downsample")], None);
+    assert!(
+        stdout.contains("weir.state_get: func(i32, i32, i32, i32) -> (i32)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("weir_transform: func(i32, i32) -> (i32)"),
+        "{stdout}"
+    );
+    let json = weir(
+        &["module", "inspect", "--json", &module("c_downsample")],
+        None,
+    );
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["abi_version"], 1);
     assert_eq!(v["grants_needed"], serde_json::json!(["log", "state"]));
@@ -72,19 +90,44 @@ fn inspect_shows_abi_grants_and_imports() {
 fn inspect_and_test_refuse_broken_modules_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let not_abi = dir.path().join("plain.wasm");
-    std::fs::write(&not_abi, wat::parse_str("(module (func (export \"f\")))").unwrap()).unwrap();
+    std::fs::write(
+        &not_abi,
+        wat::parse_str("(module (func (export \"f\")))").unwrap(),
+    )
+    .unwrap();
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm at all").unwrap();
     for (args, needle) in [
-        (vec!["module", "inspect", not_abi.to_str().unwrap()], "weir_abi_v1"),
-        (vec!["module", "inspect", junk.to_str().unwrap()], "invalid Wasm"),
-        (vec!["module", "test", not_abi.to_str().unwrap()], "weir_abi_v1"),
-        (vec!["module", "test", &module("weir_w1_moving_average")], "needs grant `state`"),
+        (
+            vec!["module", "inspect", not_abi.to_str().unwrap()],
+            "weir_abi_v1",
+        ),
+        (
+            vec!["module", "inspect", junk.to_str().unwrap()],
+            "invalid Wasm",
+        ),
+        (
+            vec!["module", "test", not_abi.to_str().unwrap()],
+            "weir_abi_v1",
+        ),
+        (
+            vec!["module", "test", &module("weir_w1_moving_average")],
+            "needs grant `state`",
+        ),
         (vec!["module", "test", "/nonexistent.wasm"], "cannot read"),
     ] {
         let out = weir(&args, Some(""));
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
-        assert!(text(&out.stderr).contains(needle), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -94,16 +137,30 @@ fn module_test_prints_outputs_fuel_time_and_errors() {
     let out = weir(&["module", "test", &module("weir_w1_enrich")], Some(input));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stdout.contains("record 1: ok, 1 output(s), fuel "), "{stdout}");
+    assert!(
+        stdout.contains("record 1: ok, 1 output(s), fuel "),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"temp_f\":68.0"), "{stdout}");
     assert!(stdout.contains("\"dew_point_c\":9.26"), "{stdout}");
-    assert!(stdout.contains("record 2: error (status): module returned status 2 (transform)"), "{stdout}");
-    assert!(stdout.contains("record 3 (line 3): invalid input"), "{stdout}");
+    assert!(
+        stdout.contains("record 2: error (status): module returned status 2 (transform)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("record 3 (line 3): invalid input"),
+        "{stdout}"
+    );
     assert!(stdout.contains("µs"), "{stdout}");
     // JSON mode: one object per record.
-    let out = weir(&["module", "test", "--json", &module("weir_w1_enrich")], Some(input));
-    let lines: Vec<serde_json::Value> =
-        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = weir(
+        &["module", "test", "--json", &module("weir_w1_enrich")],
+        Some(input),
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["status"], "ok");
     assert!(lines[0]["fuel"].as_u64().unwrap() > 0);
     assert_eq!(lines[1]["kind"], "status");
@@ -111,22 +168,44 @@ fn module_test_prints_outputs_fuel_time_and_errors() {
 
 #[test]
 fn the_c_module_downsamples_per_topic_with_state_and_config() {
-    let input: String = (0..9).map(|i| format!("{{\"id\":\"s{}\",\"seq\":{i}}}\n", i % 2)).collect();
+    let input: String = (0..9)
+        .map(|i| format!("{{\"id\":\"s{}\",\"seq\":{i}}}\n", i % 2))
+        .collect();
     let m = module("c_downsample");
-    let out = weir(&["module", "test", &m, "--grant", "state", "--grant", "log", "--set", "every=3"], Some(&input));
+    let out = weir(
+        &[
+            "module", "test", &m, "--grant", "state", "--grant", "log", "--set", "every=3",
+        ],
+        Some(&input),
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // s0 gets seq 0,2,4,6,8 and keeps the 1st and 4th (seq 0, 6); s1 gets 1,3,5,7 and keeps 1, 7.
     let kept: Vec<&str> = stdout.lines().filter(|l| l.contains("\"seq\"")).collect();
     assert_eq!(kept.len(), 4, "{stdout}");
     for seq in [0, 6, 1, 7] {
-        assert!(kept.iter().any(|l| l.contains(&format!("\"seq\":{seq}}}"))), "seq {seq}: {stdout}");
+        assert!(
+            kept.iter().any(|l| l.contains(&format!("\"seq\":{seq}}}"))),
+            "seq {seq}: {stdout}"
+        );
     }
-    assert!(text(&out.stderr).contains("downsample: configured"), "the log grant works");
+    assert!(
+        text(&out.stderr).contains("downsample: configured"),
+        "the log grant works"
+    );
     // A bad config value is refused by the module's init.
-    let out = weir(&["module", "test", &m, "--grant", "state", "--grant", "log", "--set", "every=0"], Some(""));
+    let out = weir(
+        &[
+            "module", "test", &m, "--grant", "state", "--grant", "log", "--set", "every=0",
+        ],
+        Some(""),
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("weir_init failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("weir_init failed"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -137,12 +216,17 @@ fn check_validates_config_and_modules() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok (1 pipelines, 3 stages)"));
     // Take the state grant away: refused, naming pipeline, stage and import.
-    let broken = std::fs::read_to_string(&cfg).unwrap().replace("grants = [\"state\"]", "");
+    let broken = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("grants = [\"state\"]", "");
     std::fs::write(&cfg, broken).unwrap();
     let out = weir(&["check", "--config", cfg.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("pipeline `w1`, stage `moving-average`") && err.contains("weir.state_get"), "{err}");
+    assert!(
+        err.contains("pipeline `w1`, stage `moving-average`") && err.contains("weir.state_get"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -153,22 +237,41 @@ fn run_produces_exactly_the_w1_outputs() {
     let input: String = readings.iter().map(|r| format!("{}\n", r.json())).collect();
     let out = weir(&["run", "--config", cfg.to_str().unwrap()], Some(&input));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let got: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let want = w1::reference(&readings);
-    assert!(want.len() < readings.len(), "some readings are out of range");
+    assert!(
+        want.len() < readings.len(),
+        "some readings are out of range"
+    );
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         let p = &g["payload"];
         assert_eq!(p["seq"], w.seq);
         assert_eq!(p["id"], w.id.as_str());
         assert_eq!(g["topic"], format!("sensors/{}/telemetry", w.id));
-        for (key, value) in [("temp_f", w.temp_f), ("dew_point_c", w.dew_point_c), ("temp_avg10_c", w.temp_avg10_c)] {
-            let v = p[key].as_f64().unwrap_or_else(|| panic!("seq {}: no {key} in {p}", w.seq));
-            assert!((v - value).abs() < 1e-9, "seq {} {key}: got {v}, want {value}", w.seq);
+        for (key, value) in [
+            ("temp_f", w.temp_f),
+            ("dew_point_c", w.dew_point_c),
+            ("temp_avg10_c", w.temp_avg10_c),
+        ] {
+            let v = p[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("seq {}: no {key} in {p}", w.seq));
+            assert!(
+                (v - value).abs() < 1e-9,
+                "seq {} {key}: got {v}, want {value}",
+                w.seq
+            );
         }
     }
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("records_in=3000 records_out={}", want.len())), "{err}");
+    assert!(
+        err.contains(&format!("records_in=3000 records_out={}", want.len())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -186,16 +289,25 @@ fn run_survives_bad_input_and_dead_letters_failures() {
     .join("\n");
     let out = weir(&["run", "--config", cfg.to_str().unwrap()], Some(&input));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let (dead, ok): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.get("dead_letter").is_some());
     assert_eq!(ok.len(), 2);
-    assert_eq!(ok[1]["payload"]["temp_avg10_c"], 21.0, "the moving average kept going");
+    assert_eq!(
+        ok[1]["payload"]["temp_avg10_c"], 21.0,
+        "the moving average kept going"
+    );
     assert_eq!(dead.len(), 2, "missing and non-numeric temp_c");
     for d in &dead {
         assert_eq!(d["dead_letter"]["stage"], "w1/range-filter");
         assert_eq!(d["dead_letter"]["kind"], "status");
     }
     let err = text(&out.stderr);
-    assert!(err.contains("line=2") && err.contains("line=4"), "invalid lines are logged by number: {err}");
+    assert!(
+        err.contains("line=2") && err.contains("line=4"),
+        "invalid lines are logged by number: {err}"
+    );
     assert!(err.contains("invalid=2"), "{err}");
 }

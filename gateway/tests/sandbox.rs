@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use weir::pipeline::{
-    ErrorPolicy, FailureKind, Grant, Isolation, Limits, LoadError, Pipeline, PipelineOutput, Runtime, Stage,
-    StageError, StageSpec,
+    ErrorPolicy, FailureKind, Grant, Isolation, Limits, LoadError, Pipeline, PipelineOutput,
+    Runtime, Stage, StageError, StageSpec,
 };
-use weir::record::{json_to_cbor, Record};
+use weir::record::{Record, json_to_cbor};
 
 /// A module with the ABI exports around `body` (the `weir_transform` body,
 /// with params $ptr and $len) plus extra `imports` and `items`.
@@ -69,27 +69,53 @@ fn failure(stage: &mut Stage) -> StageError {
 #[test]
 fn pass_through_works() {
     let mut s = stage(&module("", "", PASS));
-    let out: Vec<Vec<u8>> = s.process(&record(7)).unwrap().iter().map(<[u8]>::to_vec).collect();
+    let out: Vec<Vec<u8>> = s
+        .process(&record(7))
+        .unwrap()
+        .iter()
+        .map(<[u8]>::to_vec)
+        .collect();
     assert_eq!(out, vec![record(7)]);
 }
 
 #[test]
 fn infinite_loop_runs_out_of_fuel_and_the_stage_recovers() {
-    let wat = module("", "", &format!("(if (i32.eqz (global.get $calls)) (then (loop $l (br $l)))) {PASS}"));
-    let limits = Limits { fuel: 50_000, ..Limits::default() };
+    let wat = module(
+        "",
+        "",
+        &format!("(if (i32.eqz (global.get $calls)) (then (loop $l (br $l)))) {PASS}"),
+    );
+    let limits = Limits {
+        fuel: 50_000,
+        ..Limits::default()
+    };
     let mut s = stage_with(&wat, &[], limits).unwrap();
     assert_eq!(failure(&mut s), StageError::OutOfFuel { limit: 50_000 });
-    assert!(s.last_fuel() > 49_000, "the budget was used up: {}", s.last_fuel());
+    assert!(
+        s.last_fuel() > 49_000,
+        "the budget was used up: {}",
+        s.last_fuel()
+    );
     assert_eq!(s.metrics().failed(FailureKind::Fuel), 1);
     // The instance is replaced (lazily, on the next record): a fresh one has
     // `calls` = 0 again, so it loops again, deterministically.
     assert_eq!(failure(&mut s), StageError::OutOfFuel { limit: 50_000 });
-    assert_eq!(s.metrics().instantiations, 2, "one at load, one replacing the trapped one");
+    assert_eq!(
+        s.metrics().instantiations,
+        2,
+        "one at load, one replacing the trapped one"
+    );
 }
 
 #[test]
 fn fuel_is_deterministic_per_record() {
-    let wat = module("", "", &format!("(local $i i32) (local.set $i (i32.const 500)) (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) {PASS}"));
+    let wat = module(
+        "",
+        "",
+        &format!(
+            "(local $i i32) (local.set $i (i32.const 500)) (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) {PASS}"
+        ),
+    );
     let mut s = stage(&wat);
     s.process(&record(1)).unwrap();
     let first = s.last_fuel();
@@ -105,26 +131,46 @@ fn memory_grow_beyond_the_cap_is_refused() {
     let body = "(if (i32.ne (memory.grow (i32.const 100)) (i32.const -1)) (then (return (i32.const 0)))) \
                 (if (i32.eq (memory.grow (i32.const 4)) (i32.const -1)) (then (return (i32.const 4)))) \
                 (i32.const 3)";
-    let limits = Limits { memory_bytes: 1 << 20, ..Limits::default() };
+    let limits = Limits {
+        memory_bytes: 1 << 20,
+        ..Limits::default()
+    };
     let mut s = stage_with(&module("", "", body), &[], limits).unwrap();
-    assert_eq!(failure(&mut s), StageError::Status { code: 3, name: "resource" });
+    assert_eq!(
+        failure(&mut s),
+        StageError::Status {
+            code: 3,
+            name: "resource"
+        }
+    );
 }
 
 #[test]
 fn memory_grow_bomb_in_a_loop_stops_at_the_cap() {
     // Grow one page at a time until refused, then emit the input: the module
     // survives, the cap holds, and the record passes.
-    let body = format!("(block $full (loop $l (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1))) (br $l))) \
-                (if (i32.gt_u (memory.size) (i32.const 16)) (then (unreachable))) {PASS}");
-    let limits = Limits { memory_bytes: 16 * 65536, ..Limits::default() };
+    let body = format!(
+        "(block $full (loop $l (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1))) (br $l))) \
+                (if (i32.gt_u (memory.size) (i32.const 16)) (then (unreachable))) {PASS}"
+    );
+    let limits = Limits {
+        memory_bytes: 16 * 65536,
+        ..Limits::default()
+    };
     let mut s = stage_with(&module("", "", &body), &[], limits).unwrap();
     assert_eq!(s.process(&record(1)).unwrap().len(), 1);
 }
 
 #[test]
 fn huge_initial_memory_is_refused_at_instantiation() {
-    let wat = module("", "", PASS).replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 1000)");
-    let limits = Limits { memory_bytes: 16 << 20, ..Limits::default() };
+    let wat = module("", "", PASS).replace(
+        "(memory (export \"memory\") 1)",
+        "(memory (export \"memory\") 1000)",
+    );
+    let limits = Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
     match stage_with(&wat, &[], limits) {
         Err(LoadError::Instantiate(msg)) => assert!(!msg.is_empty()),
         Err(other) => panic!("expected an instantiation error, got {other}"),
@@ -135,16 +181,53 @@ fn huge_initial_memory_is_refused_at_instantiation() {
 #[test]
 fn unknown_and_ungranted_imports_are_refused_by_name() {
     let cases = [
-        (r#"(import "env" "open" (func (param i32) (result i32)))"#, &[][..], "env.open", "unknown import module"),
-        (r#"(import "weir" "socket" (func))"#, &[][..], "weir.socket", "unknown import"),
-        (r#"(import "weir" "log" (func (param i32 i32 i32) (result i32)))"#, &[][..], "weir.log", "grant `log`"),
-        (r#"(import "weir" "state_get" (func (param i32 i32 i32 i32) (result i32)))"#, &[Grant::Log][..], "weir.state_get", "grant `state`"),
-        (r#"(import "weir" "clock_now_ms" (func (result i32)))"#, &[Grant::Clock][..], "weir.clock_now_ms", "signature"),
-        (r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#, &[Grant::Log][..], "wasi_snapshot_preview1.fd_write", "WASI"),
-        (r#"(import "weir" "table" (table 1 funcref))"#, &[][..], "weir.table", "unknown import"),
+        (
+            r#"(import "env" "open" (func (param i32) (result i32)))"#,
+            &[][..],
+            "env.open",
+            "unknown import module",
+        ),
+        (
+            r#"(import "weir" "socket" (func))"#,
+            &[][..],
+            "weir.socket",
+            "unknown import",
+        ),
+        (
+            r#"(import "weir" "log" (func (param i32 i32 i32) (result i32)))"#,
+            &[][..],
+            "weir.log",
+            "grant `log`",
+        ),
+        (
+            r#"(import "weir" "state_get" (func (param i32 i32 i32 i32) (result i32)))"#,
+            &[Grant::Log][..],
+            "weir.state_get",
+            "grant `state`",
+        ),
+        (
+            r#"(import "weir" "clock_now_ms" (func (result i32)))"#,
+            &[Grant::Clock][..],
+            "weir.clock_now_ms",
+            "signature",
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+            &[Grant::Log][..],
+            "wasi_snapshot_preview1.fd_write",
+            "WASI",
+        ),
+        (
+            r#"(import "weir" "table" (table 1 funcref))"#,
+            &[][..],
+            "weir.table",
+            "unknown import",
+        ),
     ];
     for (import, grants, name, why) in cases {
-        let err = stage_with(&module(import, "", PASS), grants, Limits::default()).err().expect(name);
+        let err = stage_with(&module(import, "", PASS), grants, Limits::default())
+            .err()
+            .expect(name);
         let msg = err.to_string();
         assert!(matches!(err, LoadError::Import { .. }), "{name}: {msg}");
         assert!(msg.contains(name) && msg.contains(why), "{name}: {msg}");
@@ -157,52 +240,107 @@ fn unknown_and_ungranted_imports_are_refused_by_name() {
 #[test]
 fn modules_without_the_abi_are_refused() {
     let no_marker = module("", "", PASS).replace("(func (export \"weir_abi_v1\"))", "");
-    let err = stage_with(&no_marker, &[], Limits::default()).err().unwrap().to_string();
+    let err = stage_with(&no_marker, &[], Limits::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("weir_abi_v1"), "{err}");
     let v2 = module("", "", PASS).replace("weir_abi_v1", "weir_abi_v2");
-    let err = stage_with(&v2, &[], Limits::default()).err().unwrap().to_string();
+    let err = stage_with(&v2, &[], Limits::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("ABI version 2"), "{err}");
-    let bad_sig = module("", "", PASS).replace("(param i32) (result i32) (i32.const 1024)", "(result i32) (i32.const 1024)");
-    let err = stage_with(&bad_sig, &[], Limits::default()).err().unwrap().to_string();
+    let bad_sig = module("", "", PASS).replace(
+        "(param i32) (result i32) (i32.const 1024)",
+        "(result i32) (i32.const 1024)",
+    );
+    let err = stage_with(&bad_sig, &[], Limits::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("weir_alloc"), "{err}");
-    assert!(matches!(Runtime::new().compile("junk", b"\0asm\x01\0\0\0\x99"), Err(LoadError::Invalid(_))));
+    assert!(matches!(
+        Runtime::new().compile("junk", b"\0asm\x01\0\0\0\x99"),
+        Err(LoadError::Invalid(_))
+    ));
 }
 
 #[test]
 fn a_trap_goes_to_the_error_policy_and_the_stage_recovers() {
     // Traps on odd `calls`, passes on even ones.
-    let body = format!("(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
-                (if (i32.and (global.get $calls) (i32.const 1)) (then (unreachable))) {PASS}");
-    for (policy, outputs, dead) in [(ErrorPolicy::Drop, 0, 0), (ErrorPolicy::Pass, 1, 0), (ErrorPolicy::DeadLetter, 0, 1)] {
+    let body = format!(
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
+                (if (i32.and (global.get $calls) (i32.const 1)) (then (unreachable))) {PASS}"
+    );
+    for (policy, outputs, dead) in [
+        (ErrorPolicy::Drop, 0, 0),
+        (ErrorPolicy::Pass, 1, 0),
+        (ErrorPolicy::DeadLetter, 0, 1),
+    ] {
         let s = stage(&module("", "", &body));
         let mut p = Pipeline::new("p", vec![s], policy);
         let mut out = PipelineOutput::default();
         p.process(&record(1), &mut out);
-        assert_eq!((out.records.len(), out.dead.len()), (outputs, dead), "{policy:?}");
+        assert_eq!(
+            (out.records.len(), out.dead.len()),
+            (outputs, dead),
+            "{policy:?}"
+        );
         if let Some(d) = out.dead.first() {
             assert_eq!(d.stage, "test/stage");
-            assert!(matches!(d.error, StageError::Trap(ref m) if m.contains("unreachable")), "{:?}", d.error);
-            assert_eq!(d.record, record(1), "the dead letter carries the record as the stage got it");
+            assert!(
+                matches!(d.error, StageError::Trap(ref m) if m.contains("unreachable")),
+                "{:?}",
+                d.error
+            );
+            assert_eq!(
+                d.record,
+                record(1),
+                "the dead letter carries the record as the stage got it"
+            );
         }
         // The trapped instance was replaced by a fresh one, whose first call
         // traps again (calls = 1): globals do not survive a trap.
         out.clear();
         p.process(&record(2), &mut out);
-        assert_eq!(out.records.len() + out.dead.len(), outputs + dead, "{policy:?}");
+        assert_eq!(
+            out.records.len() + out.dead.len(),
+            outputs + dead,
+            "{policy:?}"
+        );
         assert_eq!(p.stages()[0].metrics().failed(FailureKind::Trap), 2);
     }
 }
 
 #[test]
 fn too_many_outputs_and_too_many_bytes_are_refused() {
-    let body = format!("(local $i i32) (local.set $i (i32.const 10)) (loop $l (drop (call $emit (local.get $ptr) (local.get $len))) (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) (i32.const 0)");
-    let limits = Limits { max_outputs: 3, ..Limits::default() };
-    let mut s = stage_with(&module("", "", &body), &[], limits).unwrap();
-    assert!(matches!(failure(&mut s), StageError::HostCall { kind: FailureKind::TooManyOutputs, .. }));
-    let limits = Limits { max_output_bytes: 50, ..Limits::default() };
+    let body = "(local $i i32) (local.set $i (i32.const 10)) (loop $l (drop (call $emit (local.get $ptr) (local.get $len))) (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) (i32.const 0)";
+    let limits = Limits {
+        max_outputs: 3,
+        ..Limits::default()
+    };
+    let mut s = stage_with(&module("", "", body), &[], limits).unwrap();
+    assert!(matches!(
+        failure(&mut s),
+        StageError::HostCall {
+            kind: FailureKind::TooManyOutputs,
+            ..
+        }
+    ));
+    let limits = Limits {
+        max_output_bytes: 50,
+        ..Limits::default()
+    };
     let mut s = stage_with(&module("", "", PASS), &[], limits).unwrap();
     assert!(record(1).len() > 50);
-    assert!(matches!(failure(&mut s), StageError::HostCall { kind: FailureKind::TooLarge, .. }));
+    assert!(matches!(
+        failure(&mut s),
+        StageError::HostCall {
+            kind: FailureKind::TooLarge,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -218,7 +356,11 @@ fn malformed_output_is_refused() {
     let body = "(drop (call $emit (local.get $ptr) (i32.sub (local.get $len) (i32.const 1)))) (i32.const 0)";
     let mut s = stage(&module("", "", body));
     match failure(&mut s) {
-        StageError::HostCall { kind: FailureKind::Malformed, call: "emit", detail } => assert!(detail.contains("malformed"), "{detail}"),
+        StageError::HostCall {
+            kind: FailureKind::Malformed,
+            call: "emit",
+            detail,
+        } => assert!(detail.contains("malformed"), "{detail}"),
         other => panic!("{other:?}"),
     }
 }
@@ -232,18 +374,42 @@ fn out_of_bounds_host_calls_return_errors_not_panics() {
     let calls = [
         ("emit", "(call $emit (i32.const -16) (i32.const 100))"),
         ("emit", "(call $emit (i32.const 65500) (i32.const 100))"),
-        ("state_set", "(call $set (i32.const 0) (i32.const 4) (i32.const 70000) (i32.const 4))"),
-        ("log", "(call $log (i32.const 2) (i32.const 0) (i32.const -1))"),
-        ("log", "(call $log (i32.const 9) (i32.const 0) (i32.const 1))"),
-        ("input_get", "(call $get (i32.const 0) (i32.const 1) (i32.const 65535) (i32.const 2))"),
-        ("emit_input", "(call $emit_input (i32.const 65536) (i32.const 1))"),
+        (
+            "state_set",
+            "(call $set (i32.const 0) (i32.const 4) (i32.const 70000) (i32.const 4))",
+        ),
+        (
+            "log",
+            "(call $log (i32.const 2) (i32.const 0) (i32.const -1))",
+        ),
+        (
+            "log",
+            "(call $log (i32.const 9) (i32.const 0) (i32.const 1))",
+        ),
+        (
+            "input_get",
+            "(call $get (i32.const 0) (i32.const 1) (i32.const 65535) (i32.const 2))",
+        ),
+        (
+            "emit_input",
+            "(call $emit_input (i32.const 65536) (i32.const 1))",
+        ),
     ];
     for (name, call) in calls {
         // The module ignores the error code and returns OK: the host still fails the record.
         let body = format!("(drop {call}) (i32.const 0)");
-        let mut s = stage_with(&module(st, "", &body), &[Grant::State, Grant::Log], Limits::default()).unwrap();
+        let mut s = stage_with(
+            &module(st, "", &body),
+            &[Grant::State, Grant::Log],
+            Limits::default(),
+        )
+        .unwrap();
         match failure(&mut s) {
-            StageError::HostCall { call, kind: FailureKind::BadHostCall, .. } => assert_eq!(call, name),
+            StageError::HostCall {
+                call,
+                kind: FailureKind::BadHostCall,
+                ..
+            } => assert_eq!(call, name),
             other => panic!("{name}: {other:?}"),
         }
         // And the stage is still usable.
@@ -263,7 +429,12 @@ fn host_call_codes_are_returned_to_the_module() {
 
 #[test]
 fn a_stage_is_quarantined_after_n_consecutive_failures() {
-    let mut sp = spec(&module("", "", "(unreachable)"), &[], Limits::default(), Isolation::Reuse);
+    let mut sp = spec(
+        &module("", "", "(unreachable)"),
+        &[],
+        Limits::default(),
+        Isolation::Reuse,
+    );
     sp.quarantine_after = 3;
     let mut s = Stage::new(sp).unwrap();
     for _ in 0..3 {
@@ -272,16 +443,27 @@ fn a_stage_is_quarantined_after_n_consecutive_failures() {
     assert!(s.is_quarantined());
     let before = s.metrics().fuel_used;
     assert_eq!(failure(&mut s), StageError::Quarantined { failures: 3 });
-    assert_eq!(s.metrics().fuel_used, before, "a quarantined stage does not run");
+    assert_eq!(
+        s.metrics().fuel_used,
+        before,
+        "a quarantined stage does not run"
+    );
     assert_eq!(s.metrics().failed(FailureKind::Quarantined), 1);
     assert_eq!(s.metrics().failed(FailureKind::Trap), 3);
 }
 
 #[test]
 fn successes_reset_the_failure_count() {
-    let body = format!("(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
-                (if (i32.and (global.get $calls) (i32.const 1)) (then (return (i32.const 2)))) {PASS}");
-    let mut sp = spec(&module("", "", &body), &[], Limits::default(), Isolation::Reuse);
+    let body = format!(
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
+                (if (i32.and (global.get $calls) (i32.const 1)) (then (return (i32.const 2)))) {PASS}"
+    );
+    let mut sp = spec(
+        &module("", "", &body),
+        &[],
+        Limits::default(),
+        Isolation::Reuse,
+    );
     sp.quarantine_after = 2;
     let mut s = Stage::new(sp).unwrap();
     for _ in 0..10 {
@@ -294,12 +476,18 @@ fn successes_reset_the_failure_count() {
 #[test]
 fn per_record_isolation_gives_a_fresh_instance_each_time() {
     // Emits only on its first call: with reuse, the second record is dropped.
-    let body = format!("(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
-                (if (i32.gt_u (global.get $calls) (i32.const 1)) (then (return (i32.const 0)))) {PASS}");
+    let body = format!(
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
+                (if (i32.gt_u (global.get $calls) (i32.const 1)) (then (return (i32.const 0)))) {PASS}"
+    );
     let wat = module("", "", &body);
     let mut reuse = Stage::new(spec(&wat, &[], Limits::default(), Isolation::Reuse)).unwrap();
     let mut fresh = Stage::new(spec(&wat, &[], Limits::default(), Isolation::PerRecord)).unwrap();
-    let counts = |s: &mut Stage| (0..3).map(|_| s.process(&record(1)).unwrap().len()).collect::<Vec<_>>();
+    let counts = |s: &mut Stage| {
+        (0..3)
+            .map(|_| s.process(&record(1)).unwrap().len())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(counts(&mut reuse), vec![1, 0, 0]);
     assert_eq!(counts(&mut fresh), vec![1, 1, 1]);
 }
@@ -310,15 +498,29 @@ fn state_survives_traps_and_per_record_instances() {
     let imports = r#"(import "weir" "state_get" (func $get (param i32 i32 i32 i32) (result i32)))
                      (import "weir" "state_set" (func $set (param i32 i32 i32 i32) (result i32)))"#;
     let items = r#"(data (i32.const 0) "k")"#;
-    let body = format!("(drop (call $get (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 4))) \
+    let body = format!(
+        "(drop (call $get (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 4))) \
                 (i32.store (i32.const 16) (i32.add (i32.load (i32.const 16)) (i32.const 1))) \
                 (drop (call $set (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 4))) \
-                (if (i32.eq (i32.load (i32.const 16)) (i32.const 2)) (then (unreachable))) {PASS}");
+                (if (i32.eq (i32.load (i32.const 16)) (i32.const 2)) (then (unreachable))) {PASS}"
+    );
     for isolation in [Isolation::Reuse, Isolation::PerRecord] {
-        let mut s = Stage::new(spec(&module(imports, items, &body), &[Grant::State], Limits::default(), isolation)).unwrap();
+        let mut s = Stage::new(spec(
+            &module(imports, items, &body),
+            &[Grant::State],
+            Limits::default(),
+            isolation,
+        ))
+        .unwrap();
         assert!(s.process(&record(1)).is_ok());
-        assert!(matches!(failure(&mut s), StageError::Trap(_)), "{isolation:?}");
-        assert!(s.process(&record(3)).is_ok(), "{isolation:?}: the count went on to 3");
+        assert!(
+            matches!(failure(&mut s), StageError::Trap(_)),
+            "{isolation:?}"
+        );
+        assert!(
+            s.process(&record(3)).is_ok(),
+            "{isolation:?}: the count went on to 3"
+        );
         assert_eq!((s.state().len(), s.state().bytes()), (1, 5));
     }
 }
@@ -326,34 +528,87 @@ fn state_survives_traps_and_per_record_instances() {
 #[test]
 fn state_is_bounded() {
     let imports = r#"(import "weir" "state_set" (func $set (param i32 i32 i32 i32) (result i32)))"#;
-    let body = format!("(drop (call $set (i32.const 0) (i32.const 8) (i32.const 0) (i32.const 2000))) {PASS}");
-    let limits = Limits { state_bytes: 1000, ..Limits::default() };
+    let body = format!(
+        "(drop (call $set (i32.const 0) (i32.const 8) (i32.const 0) (i32.const 2000))) {PASS}"
+    );
+    let limits = Limits {
+        state_bytes: 1000,
+        ..Limits::default()
+    };
     let mut s = stage_with(&module(imports, "", &body), &[Grant::State], limits).unwrap();
-    assert!(matches!(failure(&mut s), StageError::HostCall { kind: FailureKind::TooLarge, call: "state_set", .. }));
+    assert!(matches!(
+        failure(&mut s),
+        StageError::HostCall {
+            kind: FailureKind::TooLarge,
+            call: "state_set",
+            ..
+        }
+    ));
     assert_eq!(s.state().len(), 0);
 }
 
 #[test]
 fn a_failing_init_refuses_the_module() {
-    let wat = module("", r#"(func (export "weir_init") (param i32 i32) (result i32) (i32.const 4))"#, PASS);
+    let wat = module(
+        "",
+        r#"(func (export "weir_init") (param i32 i32) (result i32) (i32.const 4))"#,
+        PASS,
+    );
     let err = stage_with(&wat, &[], Limits::default()).err().unwrap();
-    assert!(matches!(err, LoadError::Init(ref m) if m.contains("status 4")), "{err}");
-    let looping = module("", r#"(func (export "weir_init") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 0))"#, PASS);
-    let err = stage_with(&looping, &[], Limits { fuel: 10_000, ..Limits::default() }).err().unwrap();
+    assert!(
+        matches!(err, LoadError::Init(ref m) if m.contains("status 4")),
+        "{err}"
+    );
+    let looping = module(
+        "",
+        r#"(func (export "weir_init") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 0))"#,
+        PASS,
+    );
+    let err = stage_with(
+        &looping,
+        &[],
+        Limits {
+            fuel: 10_000,
+            ..Limits::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("out of fuel"), "{err}");
 }
 
 #[test]
 fn a_start_function_that_loops_is_refused() {
     let wat = module("", "(func $start (loop $l (br $l))) (start $start)", PASS);
-    let err = stage_with(&wat, &[], Limits { fuel: 10_000, ..Limits::default() }).err().unwrap();
+    let err = stage_with(
+        &wat,
+        &[],
+        Limits {
+            fuel: 10_000,
+            ..Limits::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, LoadError::Instantiate(_)), "{err}");
 }
 
 #[test]
 fn deep_recursion_traps() {
-    let wat = module("", "(func $r (param i32) (result i32) (call $r (i32.add (local.get 0) (i32.const 1))))", "(drop (call $r (i32.const 0))) (i32.const 0)");
-    let mut s = stage_with(&wat, &[], Limits { fuel: 100_000_000, ..Limits::default() }).unwrap();
+    let wat = module(
+        "",
+        "(func $r (param i32) (result i32) (call $r (i32.add (local.get 0) (i32.const 1))))",
+        "(drop (call $r (i32.const 0))) (i32.const 0)",
+    );
+    let mut s = stage_with(
+        &wat,
+        &[],
+        Limits {
+            fuel: 100_000_000,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
     assert!(matches!(failure(&mut s), StageError::Trap(_)));
 }
 
@@ -372,13 +627,20 @@ fn input_get_and_emit_input_patch_the_payload() {
     let imports = r#"(import "weir" "input_get" (func $get (param i32 i32 i32 i32) (result i32)))
                      (import "weir" "emit_input" (func $emit_input (param i32 i32) (result i32)))"#;
     // key "seq" at 0; patch {"seq": 99, "id": undefined} at 16 (CBOR a2 63 73 65 71 18 63 62 69 64 f7)
-    let items = r#"(data (i32.const 0) "seq") (data (i32.const 16) "\a2\63\73\65\71\18\63\62\69\64\f7")"#;
+    let items =
+        r#"(data (i32.const 0) "seq") (data (i32.const 16) "\a2\63\73\65\71\18\63\62\69\64\f7")"#;
     // Fetch "seq" to 32; fail unless it is the 1-byte CBOR 0x07; then emit the patch.
     let body = "(if (i32.ne (call $get (i32.const 0) (i32.const 3) (i32.const 32) (i32.const 8)) (i32.const 1)) (then (return (i32.const 2)))) \
                 (if (i32.ne (i32.load8_u (i32.const 32)) (i32.const 7)) (then (return (i32.const 2)))) \
                 (call $emit_input (i32.const 16) (i32.const 11))";
     let mut s = stage_with(&module(imports, items, body), &[], Limits::default()).unwrap();
-    let out = s.process(&record(7)).unwrap().iter().next().unwrap().to_vec();
+    let out = s
+        .process(&record(7))
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap()
+        .to_vec();
     let rec = Record::from_cbor(&out).unwrap();
     let json = weir::record::cbor_to_json(&rec.payload);
     assert_eq!(json, serde_json::json!({"temp_c": 21.5, "seq": 99}));

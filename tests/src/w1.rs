@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use weir::record::{json_to_cbor, Record};
+use weir::record::{Record, json_to_cbor};
 
 /// Number of distinct sensors.
 pub const SENSORS: u64 = 100;
@@ -52,7 +52,11 @@ pub fn generate(n: usize, seed: u64) -> Vec<Reading> {
         .map(|seq| {
             let out_of_range = rng.unit() < 0.02;
             let temp_c = if out_of_range {
-                if rng.unit() < 0.5 { -40.01 - rng.unit() * 30.0 } else { 85.01 + rng.unit() * 30.0 }
+                if rng.unit() < 0.5 {
+                    -40.01 - rng.unit() * 30.0
+                } else {
+                    85.01 + rng.unit() * 30.0
+                }
             } else {
                 -10.0 + rng.unit() * 50.0
             };

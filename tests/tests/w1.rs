@@ -6,17 +6,26 @@ use std::path::Path;
 use testkit::w1::{self, Reading};
 use weir::config::Config;
 use weir::pipeline::{Pipeline, PipelineOutput, Runtime};
-use weir::record::{cbor_to_json, Record};
+use weir::record::{Record, cbor_to_json};
 
 fn pipeline() -> Pipeline {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut cfg = Config::load(&root.join("pipelines/w1.toml")).unwrap();
     cfg.gateway.modules_dir = Some(testkit::modules_dir());
-    Pipeline::build_all(&cfg, &Runtime::new()).unwrap().remove(0)
+    Pipeline::build_all(&cfg, &Runtime::new())
+        .unwrap()
+        .remove(0)
 }
 
 fn reading(seq: u64, id: &str, temp_c: f64, hum: f64) -> Reading {
-    Reading { id: id.into(), ts: w1::TS0 + seq, temp_c, hum, bat_mv: 3000, seq }
+    Reading {
+        id: id.into(),
+        ts: w1::TS0 + seq,
+        temp_c,
+        hum,
+        bat_mv: 3000,
+        seq,
+    }
 }
 
 fn run(readings: &[Reading]) -> Vec<serde_json::Value> {
@@ -41,12 +50,26 @@ fn check(readings: &[Reading]) -> usize {
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g["seq"], w.seq);
         assert_eq!(g["id"], w.id.as_str());
-        for (key, value) in [("temp_f", w.temp_f), ("dew_point_c", w.dew_point_c), ("temp_avg10_c", w.temp_avg10_c)] {
-            let v = g[key].as_f64().unwrap_or_else(|| panic!("seq {}: no {key} in {g}", w.seq));
-            assert!((v - value).abs() < 1e-9, "seq {} {key}: got {v}, want {value}", w.seq);
+        for (key, value) in [
+            ("temp_f", w.temp_f),
+            ("dew_point_c", w.dew_point_c),
+            ("temp_avg10_c", w.temp_avg10_c),
+        ] {
+            let v = g[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("seq {}: no {key} in {g}", w.seq));
+            assert!(
+                (v - value).abs() < 1e-9,
+                "seq {} {key}: got {v}, want {value}",
+                w.seq
+            );
         }
         for key in ["ts", "temp_c", "hum", "bat_mv"] {
-            assert!(g.get(key).is_some(), "seq {}: input field {key} kept", w.seq);
+            assert!(
+                g.get(key).is_some(),
+                "seq {}: input field {key} kept",
+                w.seq
+            );
         }
     }
     got.len()
@@ -55,12 +78,12 @@ fn check(readings: &[Reading]) -> usize {
 #[test]
 fn edges_of_the_range_filter() {
     let readings = [
-        reading(0, "a", -40.0, 50.0),   // kept: bounds are inclusive
-        reading(1, "a", 85.0, 50.0),    // kept
-        reading(2, "a", -40.01, 50.0),  // dropped
-        reading(3, "a", 85.01, 50.0),   // dropped
-        reading(4, "a", 0.0, 100.0),    // kept; dew point = temperature at 100%
-        reading(5, "a", 21.53, 40.2),   // the WORKLOAD.md example record
+        reading(0, "a", -40.0, 50.0),  // kept: bounds are inclusive
+        reading(1, "a", 85.0, 50.0),   // kept
+        reading(2, "a", -40.01, 50.0), // dropped
+        reading(3, "a", 85.01, 50.0),  // dropped
+        reading(4, "a", 0.0, 100.0),   // kept; dew point = temperature at 100%
+        reading(5, "a", 21.53, 40.2),  // the WORKLOAD.md example record
     ];
     assert_eq!(check(&readings), 4);
     let got = run(&readings);
@@ -73,17 +96,29 @@ fn the_moving_average_window_wraps_and_rounds_ties_exactly() {
     // 25 readings for one sensor: the window of 10 wraps twice. Values are
     // picked so that several means end in exactly 5 thousandths.
     let temps = [
-        14.61, 14.62, 14.62, 14.61, 14.62, 14.61, 14.62, 14.61, 14.62, 14.61, 1.05, 1.15, 1.25, -3.35, -3.45,
-        -7.77, 0.01, 0.02, -0.01, 30.0, 29.99, 12.345, 18.0, -39.99, 84.99,
+        14.61, 14.62, 14.62, 14.61, 14.62, 14.61, 14.62, 14.61, 14.62, 14.61, 1.05, 1.15, 1.25,
+        -3.35, -3.45, -7.77, 0.01, 0.02, -0.01, 30.0, 29.99, 12.345, 18.0, -39.99, 84.99,
     ];
-    let readings: Vec<Reading> = temps.iter().enumerate().map(|(i, t)| reading(i as u64, "s1", *t, 60.0)).collect();
+    let readings: Vec<Reading> = temps
+        .iter()
+        .enumerate()
+        .map(|(i, t)| reading(i as u64, "s1", *t, 60.0))
+        .collect();
     assert_eq!(check(&readings), 25);
 }
 
 #[test]
 fn sensors_keep_separate_windows() {
-    let readings: Vec<Reading> =
-        (0..60).map(|i| reading(i, ["x", "y", "z"][(i % 3) as usize], (i as f64) * 0.37 - 10.0, 55.5)).collect();
+    let readings: Vec<Reading> = (0..60)
+        .map(|i| {
+            reading(
+                i,
+                ["x", "y", "z"][(i % 3) as usize],
+                (i as f64) * 0.37 - 10.0,
+                55.5,
+            )
+        })
+        .collect();
     assert_eq!(check(&readings), 60);
 }
 

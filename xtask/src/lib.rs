@@ -23,7 +23,10 @@ pub const C_MODULES: &[&str] = &["downsample.c"];
 
 /// The workspace root (parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
 }
 
 /// Where built modules are collected.
@@ -47,7 +50,14 @@ fn build_rust(root: &Path, out: &Path) -> Result<(), String> {
     let target_dir = root.join("target").join("wasm");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--quiet", "--profile", "wasm", "--target", "wasm32-unknown-unknown"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "wasm",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for m in RUST_MODULES {
@@ -56,7 +66,12 @@ fn build_rust(root: &Path, out: &Path) -> Result<(), String> {
     // When run from a build script, the outer cargo's settings must not leak in.
     for (k, _) in std::env::vars() {
         let leaks = k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_NET_OFFLINE";
-        if leaks || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" || k == "RUSTC_WORKSPACE_WRAPPER" || k == "RUSTC" {
+        if leaks
+            || k == "RUSTFLAGS"
+            || k == "RUSTC_WRAPPER"
+            || k == "RUSTC_WORKSPACE_WRAPPER"
+            || k == "RUSTC"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -76,11 +91,21 @@ fn build_rust(root: &Path, out: &Path) -> Result<(), String> {
 }
 
 fn build_c(src: &Path, out: &Path) -> Result<(), String> {
-    let stem = src.file_stem().and_then(|s| s.to_str()).ok_or("bad C module name")?;
+    let stem = src
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("bad C module name")?;
     let dest = out.join(format!("c_{stem}.wasm"));
     let tmp = out.join(format!(".c_{stem}.wasm.tmp"));
     let result = Command::new("clang")
-        .args(["--target=wasm32", "-O2", "-nostdlib", "-Wall", "-Wextra", "-Werror"])
+        .args([
+            "--target=wasm32",
+            "-O2",
+            "-nostdlib",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+        ])
         .args(["-Wl,--no-entry", "-Wl,-z,stack-size=16384", "-o"])
         .arg(&tmp)
         .arg(src)
@@ -92,7 +117,7 @@ fn build_c(src: &Path, out: &Path) -> Result<(), String> {
             return Err(format!(
                 "clang not found ({e}); C guest modules need clang and lld: \
                  `apt-get install clang lld` (or `cargo xtask test`, which installs them)"
-            ))
+            ));
         }
     }
     let bytes = std::fs::read(&tmp).map_err(|e| format!("read {}: {e}", tmp.display()))?;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown"];
+const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// (command that must exist, Debian package that provides it)
 const APT_TOOLS: &[(&str, &str)] = &[("clang", "clang"), ("wasm-ld", "lld")];
 
@@ -38,11 +39,18 @@ fn main() -> ExitCode {
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("+ {cmd:?}");
     let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn setup() -> Result<(), String> {
@@ -51,15 +59,34 @@ fn setup() -> Result<(), String> {
         .output()
         .map_err(|e| format!("rustup not found ({e}); Weir builds with a rustup toolchain"))?;
     let installed = String::from_utf8_lossy(&installed.stdout).to_string();
-    let missing: Vec<&str> = RUSTUP_TARGETS.iter().copied().filter(|t| !installed.lines().any(|l| l == *t)).collect();
+    let missing: Vec<&str> = RUSTUP_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l == *t))
+        .collect();
     if !missing.is_empty() {
-        run(Command::new("rustup").args(["target", "add"]).args(&missing))?;
+        run(Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing))?;
     }
-    let pkgs: Vec<&str> = APT_TOOLS.iter().filter(|(tool, _)| !have(tool)).map(|(_, p)| *p).collect();
+    let pkgs: Vec<&str> = APT_TOOLS
+        .iter()
+        .filter(|(tool, _)| !have(tool))
+        .map(|(_, p)| *p)
+        .collect();
     if !pkgs.is_empty() {
-        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let sudo: &[&str] = if root { &[] } else if have("sudo") { &["sudo"] } else {
-            return Err(format!("missing packages {pkgs:?}; install them with apt-get as root"));
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let sudo: &[&str] = if root {
+            &[]
+        } else if have("sudo") {
+            &["sudo"]
+        } else {
+            return Err(format!(
+                "missing packages {pkgs:?}; install them with apt-get as root"
+            ));
         };
         let apt = |args: &[&str]| {
             let mut all: Vec<&str> = sudo.to_vec();
@@ -89,8 +116,12 @@ fn cargo() -> Command {
 
 fn demo(root: &Path, rest: &[String]) -> Result<(), String> {
     modules(root)?;
-    run(cargo().current_dir(root).args(["build", "--release", "-p", "weir"]))?;
-    let input = rest.first().map_or("pipelines/samples/w1.jsonl", String::as_str);
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "weir"]))?;
+    let input = rest
+        .first()
+        .map_or("pipelines/samples/w1.jsonl", String::as_str);
     run(Command::new(root.join("target/release/weir"))
         .current_dir(root)
         .args(["run", "--config", "pipelines/w1.toml", "--input", input]))
@@ -98,12 +129,25 @@ fn demo(root: &Path, rest: &[String]) -> Result<(), String> {
 
 fn test(root: &Path) -> Result<(), String> {
     modules(root)?;
-    run(cargo().current_dir(root).args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().current_dir(root).args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().current_dir(root).args(["test", "--workspace"]))
 }
 
 fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
     modules(root)?;
-    run(cargo().current_dir(root).args(["bench", "-p", "weir-benches"]).args(rest))
+    run(cargo()
+        .current_dir(root)
+        .args(["bench", "-p", "weir-benches"])
+        .args(rest))
 }

@@ -182,7 +182,11 @@ impl<'a> Reader<'a> {
         let b = self.peek().ok_or(Error::Input)?;
         let (major, info) = (b >> 5, b & 0x1f);
         if info < 28 && matches!(major, UINT | NINT | SIMPLE) {
-            let n = if info < 24 { 1 } else { 1 + (1usize << (info - 24)) };
+            let n = if info < 24 {
+                1
+            } else {
+                1 + (1usize << (info - 24))
+            };
             if self.pos + n > self.buf.len() {
                 return Err(Error::Input);
             }
@@ -213,9 +217,9 @@ impl<'a> Reader<'a> {
         let h = self.head()?;
         match h.major {
             UINT | NINT => Ok(()),
-            TEXT if !h.indefinite() && utf8 => {
-                core::str::from_utf8(self.bytes(h.arg)?).map(drop).map_err(|_| Error::Input)
-            }
+            TEXT if !h.indefinite() && utf8 => core::str::from_utf8(self.bytes(h.arg)?)
+                .map(drop)
+                .map_err(|_| Error::Input),
             BYTES | TEXT if !h.indefinite() => self.bytes(h.arg).map(drop),
             BYTES | TEXT | ARRAY | MAP if h.indefinite() => {
                 while self.peek() != Some(0xff) {
@@ -241,7 +245,11 @@ impl<'a> Reader<'a> {
                 Ok(())
             }
             ARRAY | MAP => {
-                let items = if h.major == MAP { h.arg.checked_mul(2).ok_or(Error::Input)? } else { h.arg };
+                let items = if h.major == MAP {
+                    h.arg.checked_mul(2).ok_or(Error::Input)?
+                } else {
+                    h.arg
+                };
                 // Each item takes at least one byte: refuse absurd counts early.
                 if items > (self.buf.len() - self.pos) as u64 {
                     return Err(Error::Input);
@@ -344,7 +352,10 @@ impl<'b> Writer<'b> {
     /// Append raw bytes (an already encoded item, for example).
     pub fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let end = self.pos + bytes.len();
-        self.buf.get_mut(self.pos..end).ok_or(Error::Resource)?.copy_from_slice(bytes);
+        self.buf
+            .get_mut(self.pos..end)
+            .ok_or(Error::Resource)?
+            .copy_from_slice(bytes);
         self.pos = end;
         Ok(())
     }
@@ -378,7 +389,11 @@ impl<'b> Writer<'b> {
 
     /// Append a signed integer.
     pub fn int(&mut self, i: i64) -> Result<(), Error> {
-        if i >= 0 { self.head(UINT, i as u64) } else { self.head(NINT, !(i as u64)) }
+        if i >= 0 {
+            self.head(UINT, i as u64)
+        } else {
+            self.head(NINT, !(i as u64))
+        }
     }
 
     /// Append a float: as `f32` when that is exact, else as `f64`.
@@ -401,7 +416,17 @@ mod tests {
     #[test]
     fn heads_round_trip() {
         let mut buf = [0u8; 16];
-        for arg in [0u64, 23, 24, 255, 256, 65535, 65536, u32::MAX as u64, u64::MAX] {
+        for arg in [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
             let mut w = Writer::new(&mut buf);
             w.head(MAP, arg).unwrap();
             let n = w.len();
@@ -412,7 +437,16 @@ mod tests {
 
     #[test]
     fn bytes_eq_matches_slice_eq() {
-        let words: [&[u8]; 8] = [b"", b"a", b"b", b"ab", b"temp_c", b"temp_f", b"dew_point_c", b"dew_point_d"];
+        let words: [&[u8]; 8] = [
+            b"",
+            b"a",
+            b"b",
+            b"ab",
+            b"temp_c",
+            b"temp_f",
+            b"dew_point_c",
+            b"dew_point_d",
+        ];
         for a in words {
             for b in words {
                 assert_eq!(bytes_eq(a, b), a == b, "{a:?} {b:?}");
@@ -431,7 +465,14 @@ mod tests {
 
     #[test]
     fn skip_refuses_garbage_without_panicking() {
-        for bad in [&[0x1c][..], &[0x5a, 0xff, 0xff, 0xff, 0xff], &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &[0xff], &[0x9f, 0x01], &[0xbf, 0x61]] {
+        for bad in [
+            &[0x1c][..],
+            &[0x5a, 0xff, 0xff, 0xff, 0xff],
+            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[0xff],
+            &[0x9f, 0x01],
+            &[0xbf, 0x61],
+        ] {
             assert!(Reader::new(bad).skip().is_err(), "{bad:x?}");
         }
         let mut deep = [0x81u8; 64];

@@ -203,11 +203,13 @@ pub mod record {
                     16
                 }
                 PAYLOAD => {
-                    r.validate_item().map_err(|_| "`payload` is malformed CBOR")?;
+                    r.validate_item()
+                        .map_err(|_| "`payload` is malformed CBOR")?;
                     8
                 }
                 _ => {
-                    r.validate_item().map_err(|_| "an unknown entry is malformed CBOR")?;
+                    r.validate_item()
+                        .map_err(|_| "an unknown entry is malformed CBOR")?;
                     0
                 }
             };

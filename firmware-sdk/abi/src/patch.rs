@@ -73,7 +73,8 @@ pub fn apply(rec: &[u8], patch: &[u8], w: &mut Writer<'_>) -> Result<(), &'stati
     for slot in entries.iter_mut().take(ph.arg as usize) {
         let k = pr.text().map_err(|_| "patch keys must be text")?;
         let start = pr.pos();
-        pr.validate_item().map_err(|_| "a patch value is malformed CBOR")?;
+        pr.validate_item()
+            .map_err(|_| "a patch value is malformed CBOR")?;
         *slot = (k.as_bytes(), &patch[start..pr.pos()]);
     }
     if !pr.at_end() {
@@ -127,4 +128,109 @@ pub fn apply(rec: &[u8], patch: &[u8], w: &mut Writer<'_>) -> Result<(), &'stati
         }
     }
     w.raw(&rec[pe..]).map_err(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cbor::Writer;
+
+    /// {"source":"s","topic":"t","ts":1,"payload":{"a":1,"b":"x"}}
+    const REC: &[u8] = &[
+        0xa4, 0x66, b's', b'o', b'u', b'r', b'c', b'e', 0x61, b's', 0x65, b't', b'o', b'p', b'i',
+        b'c', 0x61, b't', 0x62, b't', b's', 0x01, 0x67, b'p', b'a', b'y', b'l', b'o', b'a', b'd',
+        0xa2, 0x61, b'a', 0x01, 0x61, b'b', 0x61, b'x',
+    ];
+
+    fn apply_to_vec(rec: &[u8], patch: &[u8]) -> Result<([u8; 128], usize), &'static str> {
+        let mut buf = [0u8; 128];
+        let mut w = Writer::new(&mut buf);
+        apply(rec, patch, &mut w)?;
+        let n = w.len();
+        Ok((buf, n))
+    }
+
+    #[test]
+    fn fields_are_found_by_key() {
+        let span = payload_span(REC).unwrap();
+        assert_eq!(field(REC, span, b"a"), Some(&[0x01][..]));
+        assert_eq!(field(REC, span, b"b"), Some(&[0x61, b'x'][..]));
+        assert_eq!(field(REC, span, b"c"), None);
+    }
+
+    #[test]
+    fn a_patch_replaces_adds_and_removes() {
+        // {"b": undefined, "a": 2, "c": true}
+        let patch = [0xa3, 0x61, b'b', 0xf7, 0x61, b'a', 0x02, 0x61, b'c', 0xf5];
+        let (buf, n) = apply_to_vec(REC, &patch).unwrap();
+        let out = &buf[..n];
+        crate::record::validate(out).unwrap();
+        let span = payload_span(out).unwrap();
+        assert_eq!(field(out, span, b"a"), Some(&[0x02][..]));
+        assert_eq!(field(out, span, b"b"), None);
+        assert_eq!(field(out, span, b"c"), Some(&[0xf5][..]));
+        assert_eq!(out[span.0], 0xa2, "two entries remain");
+        // The envelope is untouched.
+        assert_eq!(&out[..span.0], &REC[..span.0]);
+    }
+
+    #[test]
+    fn an_empty_patch_copies_the_record() {
+        let (buf, n) = apply_to_vec(REC, &[]).unwrap();
+        assert_eq!(&buf[..n], REC);
+    }
+
+    #[test]
+    fn bad_patches_are_refused() {
+        for (patch, why) in [
+            (&[0x80][..], "definite-length map"),
+            (&[0xa1, 0x01, 0x01][..], "keys must be text"),
+            (&[0xa1, 0x61, b'a'][..], "malformed"),
+            (&[0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02][..], "twice"),
+            (&[0xa0, 0x00][..], "bytes after"),
+            (&[0xa1, 0x61, b'a', 0x62, 0xff, 0xfe][..], "malformed"),
+        ] {
+            let err = apply_to_vec(REC, patch).unwrap_err();
+            assert!(err.contains(why), "{patch:x?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_non_map_payload_cannot_be_patched() {
+        // {"source":"s","topic":"t","ts":1,"payload":5}
+        let rec = [
+            0xa4, 0x66, b's', b'o', b'u', b'r', b'c', b'e', 0x61, b's', 0x65, b't', b'o', b'p',
+            b'i', b'c', 0x61, b't', 0x62, b't', b's', 0x01, 0x67, b'p', b'a', b'y', b'l', b'o',
+            b'a', b'd', 0x05,
+        ];
+        let err = apply_to_vec(&rec, &[0xa1, 0x61, b'a', 0x01]).unwrap_err();
+        assert!(err.contains("not a map"), "{err}");
+    }
+
+    #[test]
+    fn validate_checks_shape_and_utf8() {
+        crate::record::validate(REC).unwrap();
+        let mut bad = REC.to_vec();
+        bad[37] = 0xff; // "x" -> invalid UTF-8 in the payload
+        assert!(
+            crate::record::validate(&bad)
+                .unwrap_err()
+                .contains("payload")
+        );
+        assert!(crate::record::validate(&REC[..REC.len() - 1]).is_err());
+        let mut extra = REC.to_vec();
+        extra.push(0);
+        assert!(
+            crate::record::validate(&extra)
+                .unwrap_err()
+                .contains("after")
+        );
+        let mut no_ts = REC.to_vec();
+        no_ts[19] = b'x'; // "ts" -> "xs": an unknown key, so ts is missing
+        assert!(
+            crate::record::validate(&no_ts)
+                .unwrap_err()
+                .contains("missing")
+        );
+    }
 }

@@ -27,7 +27,11 @@ mod raw {
 use crate::native::raw;
 
 fn check(code: i32) -> Result<i32, Error> {
-    if code < 0 { Err(Error::Host(code)) } else { Ok(code) }
+    if code < 0 {
+        Err(Error::Host(code))
+    } else {
+        Ok(code)
+    }
 }
 
 /// Emit an already encoded record (CBOR bytes in ABI record form).

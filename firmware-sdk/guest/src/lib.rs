@@ -34,19 +34,19 @@
 extern crate std;
 
 pub mod host;
-pub mod patch;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod patch;
 pub mod record;
 mod scratch;
 pub mod value;
 
+#[doc(hidden)]
+pub use heapless as __heapless;
 pub use patch::{Input, Patch};
 pub use record::Record;
 pub use value::{Fields, Value};
 pub use weir_abi as abi;
-#[doc(hidden)]
-pub use heapless as __heapless;
 
 /// What to do with the input record after the transform returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

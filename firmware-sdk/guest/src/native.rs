@@ -44,7 +44,9 @@ impl Outputs {
     /// The records, in order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let starts = core::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.buf[s..e])
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.buf[s..e])
     }
 }
 
@@ -169,7 +171,12 @@ pub(crate) mod raw {
 
     pub unsafe fn state_set(kptr: *const u8, klen: usize, vptr: *const u8, vlen: usize) -> i32 {
         // SAFETY: see module comment.
-        let (k, v) = unsafe { (slice::from_raw_parts(kptr, klen), slice::from_raw_parts(vptr, vlen)) };
+        let (k, v) = unsafe {
+            (
+                slice::from_raw_parts(kptr, klen),
+                slice::from_raw_parts(vptr, vlen),
+            )
+        };
         HOST.with(|h| h.borrow_mut().state.insert(k.to_vec(), v.to_vec()));
         0
     }

@@ -13,7 +13,7 @@
 
 use weir_abi::cbor::{self, Reader, Writer};
 
-use crate::{host, Error, Record, Value};
+use crate::{Error, Record, Value, host};
 
 /// The record being processed, read field by field through the host.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +90,11 @@ impl Patch {
         }
     }
 
-    fn entry(&mut self, key: &str, write: impl FnOnce(&mut Writer<'_>) -> Result<(), Error>) -> Result<(), Error> {
+    fn entry(
+        &mut self,
+        key: &str,
+        write: impl FnOnce(&mut Writer<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if self.count >= weir_abi::patch::MAX_PATCH_ENTRIES as u64 {
             return Err(Error::Resource);
         }

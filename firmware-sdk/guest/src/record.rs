@@ -3,8 +3,8 @@
 
 use weir_abi::record as key;
 
-use weir_abi::cbor::{self, Reader, Writer};
 use crate::{Error, Fields, Value};
+use weir_abi::cbor::{self, Reader, Writer};
 
 /// One telemetry record, as described in ABI.md ("The record").
 ///
@@ -57,7 +57,10 @@ impl<'a> Record<'a> {
         if h.major != cbor::MAP || h.indefinite() {
             return Err(Error::Input);
         }
-        let mut rec = Record { input, ..Default::default() };
+        let mut rec = Record {
+            input,
+            ..Default::default()
+        };
         let mut seen = 0u8;
         let mut clean = true;
         for i in 0..h.arg {
@@ -88,7 +91,9 @@ impl<'a> Record<'a> {
                     if clean && last {
                         rec.payload_value_at = r.pos();
                     }
-                    if r.peek().is_some_and(|b| b >> 5 == cbor::MAP && b & 0x1f != 31) {
+                    if r.peek()
+                        .is_some_and(|b| b >> 5 == cbor::MAP && b & 0x1f != 31)
+                    {
                         rec.payload = Fields::read(&mut r, last)?;
                     } else {
                         rec.raw_payload = Some(Value::decode(&mut r)?);
@@ -160,7 +165,11 @@ impl<'a> Record<'a> {
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<usize, Error> {
         let mut w = Writer::new(buf);
         if self.envelope_copyable() && self.raw_payload.is_none() {
-            w.raw(self.input.get(..self.payload_value_at).ok_or(Error::Input)?)?;
+            w.raw(
+                self.input
+                    .get(..self.payload_value_at)
+                    .ok_or(Error::Input)?,
+            )?;
             self.payload.encode(&mut w)?;
             return Ok(w.len());
         }
@@ -221,7 +230,11 @@ mod tests {
         assert!(r.is_unchanged());
         let mut out = [0u8; 256];
         let m = r.encode_into(&mut out).unwrap();
-        assert_eq!(&out[..m], &buf[..n], "an unchanged record encodes to its input");
+        assert_eq!(
+            &out[..m],
+            &buf[..n],
+            "an unchanged record encodes to its input"
+        );
     }
 
     #[test]
@@ -258,7 +271,11 @@ mod tests {
         // when its fields are read. Any cut before it fails decoding.
         let payload_body = n - 28;
         for cut in 0..payload_body {
-            assert_eq!(Record::decode(&buf[..cut]).unwrap_err(), Error::Input, "cut at {cut}");
+            assert_eq!(
+                Record::decode(&buf[..cut]).unwrap_err(),
+                Error::Input,
+                "cut at {cut}"
+            );
         }
         for cut in payload_body..n {
             if let Ok(r) = Record::decode(&buf[..cut]) {

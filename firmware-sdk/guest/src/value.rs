@@ -5,8 +5,8 @@
 //! untouched entry byte for byte and writes only the changed ones. Strings
 //! and nested items borrow from the input; arrays, maps and tags stay raw.
 
-use weir_abi::cbor::{self, Reader, Writer};
 use crate::Error;
+use weir_abi::cbor::{self, Reader, Writer};
 
 /// Most changes (sets and removals) one map can hold in the SDK.
 pub const MAX_CHANGES: usize = 16;
@@ -185,7 +185,9 @@ impl<'a> Fields<'a> {
     }
 
     fn change(&self, key: &[u8]) -> Option<&Change<'a>> {
-        self.changes.iter().find(|c| cbor::bytes_eq(c.key.as_bytes(), key))
+        self.changes
+            .iter()
+            .find(|c| cbor::bytes_eq(c.key.as_bytes(), key))
     }
 
     /// The value under `key`.
@@ -223,12 +225,22 @@ impl<'a> Fields<'a> {
     }
 
     fn record(&mut self, key: &'a str, value: Option<Value<'a>>) -> Result<(), Error> {
-        if let Some(c) = self.changes.iter_mut().find(|c| cbor::bytes_eq(c.key.as_bytes(), key.as_bytes())) {
+        if let Some(c) = self
+            .changes
+            .iter_mut()
+            .find(|c| cbor::bytes_eq(c.key.as_bytes(), key.as_bytes()))
+        {
             c.value = value;
             return Ok(());
         }
         let replaces = self.find(key.as_bytes()).map(|(span, _)| span);
-        self.changes.push(Change { key, value, replaces }).map_err(|_| Error::Resource)
+        self.changes
+            .push(Change {
+                key,
+                value,
+                replaces,
+            })
+            .map_err(|_| Error::Resource)
     }
 
     /// True if nothing was set or removed.
@@ -245,10 +257,10 @@ impl<'a> Fields<'a> {
             if r.skip().is_err() {
                 return;
             }
-            if self.change(k.as_bytes()).is_none() {
-                if let Ok(v) = Value::decode(&mut at) {
-                    f(k, v);
-                }
+            if self.change(k.as_bytes()).is_none()
+                && let Ok(v) = Value::decode(&mut at)
+            {
+                f(k, v);
             }
         }
         for c in &self.changes {
@@ -285,7 +297,11 @@ impl<'a> Fields<'a> {
                 .min_by_key(|(s, _)| *s);
             match next {
                 Some((s, e)) => {
-                    w.raw(self.body.get(from as usize..s as usize).ok_or(Error::Input)?)?;
+                    w.raw(
+                        self.body
+                            .get(from as usize..s as usize)
+                            .ok_or(Error::Input)?,
+                    )?;
                     from = e;
                 }
                 None => break,

@@ -7,10 +7,10 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{output, Failure};
+use super::{Failure, output};
 use crate::config::ByteSize;
 use crate::pipeline::{Grant, Isolation, Limits, Runtime, Stage, StageSpec};
-use crate::record::{now_ms, JsonInput};
+use crate::record::{JsonInput, now_ms};
 
 #[derive(Subcommand)]
 pub(super) enum ModuleCommand {
@@ -83,7 +83,9 @@ pub(super) fn run(cmd: ModuleCommand) -> Result<(), Failure> {
 }
 
 fn inspect(args: InspectArgs) -> Result<(), Failure> {
-    let module = Runtime::new().compile_file(&args.file).map_err(Failure::refused)?;
+    let module = Runtime::new()
+        .compile_file(&args.file)
+        .map_err(Failure::refused)?;
     let i = module.info();
     if args.json {
         let v = json!({
@@ -109,7 +111,14 @@ fn inspect(args: InspectArgs) -> Result<(), Failure> {
             println!("memory:        {min} pages initial, maximum {max}");
         }
         let grants: Vec<_> = i.grants_needed.iter().copied().collect();
-        println!("grants needed: {}", if grants.is_empty() { "none".into() } else { grants.join(", ") });
+        println!(
+            "grants needed: {}",
+            if grants.is_empty() {
+                "none".into()
+            } else {
+                grants.join(", ")
+            }
+        );
         println!("imports:");
         for (m, n, s) in &i.imports {
             println!("  {m}.{n}: {s}");
@@ -144,11 +153,16 @@ fn test(args: TestArgs) -> Result<(), Failure> {
         module,
         grants: args.grants,
         limits,
-        isolation: if args.per_record { Isolation::PerRecord } else { Isolation::Reuse },
+        isolation: if args.per_record {
+            Isolation::PerRecord
+        } else {
+            Isolation::Reuse
+        },
         config: serde_cbor::to_vec(&config)?,
         quarantine_after: u32::MAX,
     };
-    let mut stage = Stage::new(spec).map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", args.file.display())))?;
+    let mut stage = Stage::new(spec)
+        .map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", args.file.display())))?;
     let parser = JsonInput {
         source: "test".into(),
         topic_template: args.topic,
@@ -157,7 +171,8 @@ fn test(args: TestArgs) -> Result<(), Failure> {
         None => Box::new(std::io::stdin().lock()),
         Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
         Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
+            std::fs::File::open(p)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
         )),
     };
     let (mut ok, mut dropped, mut failed, mut invalid) = (0u64, 0u64, 0u64, 0u64);
@@ -173,7 +188,10 @@ fn test(args: TestArgs) -> Result<(), Failure> {
             Err(e) => {
                 invalid += 1;
                 if args.json {
-                    println!("{}", json!({"line": lineno + 1, "invalid_input": e.to_string()}));
+                    println!(
+                        "{}",
+                        json!({"line": lineno + 1, "invalid_input": e.to_string()})
+                    );
                 } else {
                     println!("record {n} (line {}): invalid input: {e}", lineno + 1);
                 }
@@ -182,17 +200,33 @@ fn test(args: TestArgs) -> Result<(), Failure> {
         };
         let cbor = rec.to_cbor();
         let start = Instant::now();
-        let result = stage.process(&cbor).map(|o| o.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
+        let result = stage
+            .process(&cbor)
+            .map(|o| o.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
         let micros = start.elapsed().as_secs_f64() * 1e6;
         let fuel = stage.last_fuel();
         match result {
             Ok(outputs) => {
-                let outs: Vec<_> = outputs.iter().map(|o| output::record_json(None, o)).collect();
-                if outs.is_empty() { dropped += 1 } else { ok += 1 }
-                if args.json {
-                    println!("{}", json!({"line": lineno + 1, "status": "ok", "fuel": fuel, "micros": micros, "outputs": outs}));
+                let outs: Vec<_> = outputs
+                    .iter()
+                    .map(|o| output::record_json(None, o))
+                    .collect();
+                if outs.is_empty() {
+                    dropped += 1
                 } else {
-                    let what = if outs.is_empty() { "dropped".to_string() } else { format!("{} output(s)", outs.len()) };
+                    ok += 1
+                }
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"line": lineno + 1, "status": "ok", "fuel": fuel, "micros": micros, "outputs": outs})
+                    );
+                } else {
+                    let what = if outs.is_empty() {
+                        "dropped".to_string()
+                    } else {
+                        format!("{} output(s)", outs.len())
+                    };
                     println!("record {n}: ok, {what}, fuel {fuel}, {micros:.1} µs");
                     for o in outs {
                         println!("  {o}");
@@ -202,9 +236,15 @@ fn test(args: TestArgs) -> Result<(), Failure> {
             Err(e) => {
                 failed += 1;
                 if args.json {
-                    println!("{}", json!({"line": lineno + 1, "status": "error", "kind": e.kind().as_str(), "error": e.to_string(), "fuel": fuel, "micros": micros}));
+                    println!(
+                        "{}",
+                        json!({"line": lineno + 1, "status": "error", "kind": e.kind().as_str(), "error": e.to_string(), "fuel": fuel, "micros": micros})
+                    );
                 } else {
-                    println!("record {n}: error ({}): {e}, fuel {fuel}, {micros:.1} µs", e.kind());
+                    println!(
+                        "record {n}: error ({}): {e}, fuel {fuel}, {micros:.1} µs",
+                        e.kind()
+                    );
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Rendering records and dead letters as JSON lines.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::pipeline::DeadLetter;
 use crate::record::Record;

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{output, Failure};
+use super::{Failure, output};
 use crate::config::Config;
 use crate::pipeline::{FailureKind, Pipeline, PipelineOutput, Runtime};
-use crate::record::{now_ms, JsonInput};
+use crate::record::{JsonInput, now_ms};
 
 /// Arguments of `weir run`.
 #[derive(Args)]
@@ -40,7 +40,11 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
     }
     let mut pipelines = Pipeline::build_all(&cfg, &Runtime::new()).map_err(Failure::refused)?;
     for p in &pipelines {
-        tracing::info!(pipeline = p.name(), stages = p.stages().len(), "pipeline ready");
+        tracing::info!(
+            pipeline = p.name(),
+            stages = p.stages().len(),
+            "pipeline ready"
+        );
     }
     let parser = JsonInput {
         source: args.source,
@@ -50,7 +54,8 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         None => Box::new(std::io::stdin().lock()),
         Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
         Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
+            std::fs::File::open(p)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
         )),
     };
     let mut stdout = BufWriter::new(std::io::stdout().lock());

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use size::{parse_size, ByteSize};
+pub use size::{ByteSize, parse_size};
 
 use crate::pipeline::{ErrorPolicy, Grant, Isolation, Limits};
 
@@ -185,7 +185,11 @@ impl Config {
             }
             ConfigError {
                 file: file.into(),
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message,
             }
         })?;
@@ -206,7 +210,10 @@ impl Config {
     /// Semantic checks that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.gateway.id.is_empty() || self.gateway.id.contains(['/', '+', '#']) {
-            return Err(self.err("gateway.id", "must be non-empty and contain no '/', '+' or '#'"));
+            return Err(self.err(
+                "gateway.id",
+                "must be non-empty and contain no '/', '+' or '#'",
+            ));
         }
         let defaults = self.defaults.limits.over(Limits::default());
         self.check_limits("defaults.limits", defaults)?;
@@ -214,7 +221,10 @@ impl Config {
         for (p, pipe) in self.pipelines.iter().enumerate() {
             let at = format!("pipeline[{p}]");
             if pipe.name.is_empty() || !names.insert(pipe.name.as_str()) {
-                return Err(self.err(format!("{at}.name"), format!("`{}` is empty or used twice", pipe.name)));
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("`{}` is empty or used twice", pipe.name),
+                ));
             }
             if pipe.quarantine_after == 0 {
                 return Err(self.err(format!("{at}.quarantine_after"), "must be at least 1"));
@@ -226,17 +236,26 @@ impl Config {
             for (s, stage) in pipe.stages.iter().enumerate() {
                 let at = format!("{at}.stage[{s}]");
                 if stage.name.is_empty() || !stage_names.insert(stage.name.as_str()) {
-                    return Err(self.err(format!("{at}.name"), format!("`{}` is empty or used twice", stage.name)));
+                    return Err(self.err(
+                        format!("{at}.name"),
+                        format!("`{}` is empty or used twice", stage.name),
+                    ));
                 }
                 self.check_limits(&format!("{at}.limits"), self.stage_limits(pipe, stage))?;
                 let path = self.module_path(stage);
                 if !path.is_file() {
-                    return Err(self.err(format!("{at}.module"), format!("no such file: {}", path.display())));
+                    return Err(self.err(
+                        format!("{at}.module"),
+                        format!("no such file: {}", path.display()),
+                    ));
                 }
                 let mut seen = HashSet::new();
                 for (g, grant) in stage.grants.iter().enumerate() {
                     if !seen.insert(*grant) {
-                        return Err(self.err(format!("{at}.grants[{g}]"), format!("`{grant}` granted twice")));
+                        return Err(self.err(
+                            format!("{at}.grants[{g}]"),
+                            format!("`{grant}` granted twice"),
+                        ));
                     }
                 }
             }
@@ -249,7 +268,10 @@ impl Config {
             return Err(self.err(format!("{at}.fuel"), "must be at least 1"));
         }
         if l.memory_bytes < 65_536 {
-            return Err(self.err(format!("{at}.memory"), "must be at least 64 KiB (one Wasm page)"));
+            return Err(self.err(
+                format!("{at}.memory"),
+                "must be at least 64 KiB (one Wasm page)",
+            ));
         }
         if l.max_outputs == 0 {
             return Err(self.err(format!("{at}.max_outputs"), "must be at least 1"));

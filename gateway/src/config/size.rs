@@ -15,7 +15,9 @@ pub fn parse_size(s: &str) -> Result<ByteSize, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` does not start with a number"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` does not start with a number"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KB" | "kB" => 1000,
@@ -24,9 +26,15 @@ pub fn parse_size(s: &str) -> Result<ByteSize, String> {
             "MiB" => 1 << 20,
             "GB" => 1_000_000_000,
             "GiB" => 1 << 30,
-            u => return Err(format!("unknown unit `{u}` (use B, KB, KiB, MB, MiB, GB or GiB)")),
+            u => {
+                return Err(format!(
+                    "unknown unit `{u}` (use B, KB, KiB, MB, MiB, GB or GiB)"
+                ));
+            }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
     }
 }
 
@@ -46,7 +54,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size: bytes as an integer, or text such as \"4 MiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))

@@ -58,22 +58,86 @@ fn a_good_config_loads_with_inherited_limits() {
 fn errors_name_the_file_and_the_key() {
     let dir = dir_with_module();
     let cases = [
-        (GOOD.replace("fuel = 7", "fule = 7"), "pipeline[0].stage[0].limits.fule", "unknown field"),
-        (GOOD.replace("\"state\", \"log\"", "\"state\", \"net\""), "pipeline[0].stage[0].grants[1]", "net"),
-        (GOOD.replace("\"2 MiB\"", "\"2 MB/s\""), "defaults.limits.memory", "unit"),
-        (GOOD.replace("on_error = \"pass\"", "on_error = \"retry\""), "pipeline[0].on_error", "retry"),
-        (GOOD.replace("m.wasm", "missing.wasm"), "pipeline[0].stage[0].module", "missing.wasm"),
-        (GOOD.replace("fuel = 5000", "fuel = 0"), "defaults.limits.fuel", "at least 1"),
-        (GOOD.replace("fuel = 7,", "fuel = -7,"), "pipeline[0].stage[0].limits.fuel", "-7"),
-        (GOOD.replace("name = \"w1\"", "name = \"w1\"\nquarantine_after = 0"), "pipeline[0].quarantine_after", "at least 1"),
-        (GOOD.replace("id = \"gw-1\"", "id = \"gw/1\""), "gateway.id", "'/'"),
-        (GOOD.replace("\"state\", \"log\"", "\"log\", \"log\""), "pipeline[0].stage[0].grants[1]", "twice"),
-        (format!("{GOOD}\n  [[pipeline.stage]]\n  name = \"a\"\n  module = \"m.wasm\"\n"), "pipeline[0].stage[1].name", "used twice"),
-        (GOOD.replace("[gateway]", "[gateway]\nsecret = 1"), "gateway.secret", "unknown field"),
-        (GOOD.replace("isolation = \"per-record\"", "isolation = \"per-reccord\""), "pipeline[0].stage[0].isolation", "per-reccord"),
-        (GOOD.replace("module = \"m.wasm\"", ""), "pipeline[0].stage[0]", "module"),
-        ("[[pipeline]]\nname = \"x\"\nstage = []\n".to_string(), "pipeline[0].stage", "at least one stage"),
-        ("[gateway]\nid = 1\n[gateway\n".to_string(), "(top level)", "line 3"),
+        (
+            GOOD.replace("fuel = 7", "fule = 7"),
+            "pipeline[0].stage[0].limits.fule",
+            "unknown field",
+        ),
+        (
+            GOOD.replace("\"state\", \"log\"", "\"state\", \"net\""),
+            "pipeline[0].stage[0].grants[1]",
+            "net",
+        ),
+        (
+            GOOD.replace("\"2 MiB\"", "\"2 MB/s\""),
+            "defaults.limits.memory",
+            "unit",
+        ),
+        (
+            GOOD.replace("on_error = \"pass\"", "on_error = \"retry\""),
+            "pipeline[0].on_error",
+            "retry",
+        ),
+        (
+            GOOD.replace("m.wasm", "missing.wasm"),
+            "pipeline[0].stage[0].module",
+            "missing.wasm",
+        ),
+        (
+            GOOD.replace("fuel = 5000", "fuel = 0"),
+            "defaults.limits.fuel",
+            "at least 1",
+        ),
+        (
+            GOOD.replace("fuel = 7,", "fuel = -7,"),
+            "pipeline[0].stage[0].limits.fuel",
+            "-7",
+        ),
+        (
+            GOOD.replace("name = \"w1\"", "name = \"w1\"\nquarantine_after = 0"),
+            "pipeline[0].quarantine_after",
+            "at least 1",
+        ),
+        (
+            GOOD.replace("id = \"gw-1\"", "id = \"gw/1\""),
+            "gateway.id",
+            "'/'",
+        ),
+        (
+            GOOD.replace("\"state\", \"log\"", "\"log\", \"log\""),
+            "pipeline[0].stage[0].grants[1]",
+            "twice",
+        ),
+        (
+            format!("{GOOD}\n  [[pipeline.stage]]\n  name = \"a\"\n  module = \"m.wasm\"\n"),
+            "pipeline[0].stage[1].name",
+            "used twice",
+        ),
+        (
+            GOOD.replace("[gateway]", "[gateway]\nsecret = 1"),
+            "gateway.secret",
+            "unknown field",
+        ),
+        (
+            GOOD.replace("isolation = \"per-record\"", "isolation = \"per-reccord\""),
+            "pipeline[0].stage[0].isolation",
+            "per-reccord",
+        ),
+        (
+            GOOD.replace("module = \"m.wasm\"", ""),
+            "pipeline[0].stage[0]",
+            "module",
+        ),
+        (
+            "[[pipeline]]\nname = \"x\"\nstage = []\n".to_string(),
+            "pipeline[0].stage",
+            "at least one stage",
+        ),
+        (
+            "[gateway]\nid = 1\n[gateway\n".to_string(),
+            "(top level)",
+            "line 3",
+        ),
     ];
     for (text, key, needle) in cases {
         let err = parse(dir.path(), &text).expect_err(key);
@@ -86,7 +150,13 @@ fn errors_name_the_file_and_the_key() {
 
 #[test]
 fn sizes_parse_with_units() {
-    for (text, bytes) in [("4096", 4096), ("64 KiB", 65536), ("1MB", 1_000_000), ("2 GiB", 2 << 30), (" 3 B ", 3)] {
+    for (text, bytes) in [
+        ("4096", 4096),
+        ("64 KiB", 65536),
+        ("1MB", 1_000_000),
+        ("2 GiB", 2 << 30),
+        (" 3 B ", 3),
+    ] {
         assert_eq!(parse_size(text), Ok(ByteSize(bytes)), "{text}");
     }
     for bad in ["", "MiB", "4 mib", "-1", "99999999999999999999 GiB"] {
@@ -97,7 +167,11 @@ fn sizes_parse_with_units() {
 #[test]
 fn a_missing_file_is_a_clear_error() {
     let err = Config::load(Path::new("/nonexistent/weir.toml")).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/weir.toml: (file): cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/weir.toml: (file): cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -107,5 +181,8 @@ fn modules_dir_is_relative_to_the_config() {
     std::fs::rename(dir.path().join("m.wasm"), dir.path().join("mods/m.wasm")).unwrap();
     let text = GOOD.replace("id = \"gw-1\"", "id = \"gw-1\"\nmodules_dir = \"mods\"");
     let cfg = parse(dir.path(), &text).unwrap();
-    assert_eq!(cfg.module_path(&cfg.pipelines[0].stages[0]), dir.path().join("mods/m.wasm"));
+    assert_eq!(
+        cfg.module_path(&cfg.pipelines[0].stages[0]),
+        dir.path().join("mods/m.wasm")
+    );
 }

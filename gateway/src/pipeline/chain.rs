@@ -92,18 +92,20 @@ impl Pipeline {
 
     /// Build every pipeline of a config. Each module file is compiled once,
     /// however many stages use it.
-    pub fn build_all(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, BuildError> {
+    pub fn build_all(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, Box<BuildError>> {
         let mut compiled: HashMap<PathBuf, super::CompiledModule> = HashMap::new();
         let mut out = Vec::new();
         for p in &cfg.pipelines {
             let mut stages = Vec::new();
             for s in &p.stages {
                 let path = cfg.module_path(s);
-                let err = |source| BuildError {
-                    pipeline: p.name.clone(),
-                    stage: s.name.clone(),
-                    module: path.display().to_string(),
-                    source,
+                let err = |source| {
+                    Box::new(BuildError {
+                        pipeline: p.name.clone(),
+                        stage: s.name.clone(),
+                        module: path.display().to_string(),
+                        source,
+                    })
                 };
                 let module = match compiled.get(&path) {
                     Some(m) => m.clone(),

@@ -145,7 +145,10 @@ impl FailureKind {
     }
 
     pub(crate) fn index(self) -> usize {
-        FailureKind::ALL.iter().position(|k| *k == self).unwrap_or(0)
+        FailureKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or(0)
     }
 }
 

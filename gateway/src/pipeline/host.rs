@@ -9,8 +9,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use wasmi::{Caller, Engine, Linker, Memory, StoreLimits};
-use weir_abi::hostcall::{E_BOUNDS, E_INVALID, E_MALFORMED, E_NOT_FOUND, E_TOO_LARGE, E_TOO_MANY_OUTPUTS};
-use weir_abi::{imports, level, IMPORT_MODULE};
+use weir_abi::hostcall::{
+    E_BOUNDS, E_INVALID, E_MALFORMED, E_NOT_FOUND, E_TOO_LARGE, E_TOO_MANY_OUTPUTS,
+};
+use weir_abi::{IMPORT_MODULE, imports, level};
 
 use super::error::{FailureKind, StageError};
 use super::{Grant, Limits};
@@ -53,7 +55,9 @@ impl Outputs {
     /// The records, in order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.buf[s..e])
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.buf[s..e])
     }
 
     /// Append one record written in place by `write` into at most `max` bytes.
@@ -170,11 +174,22 @@ impl HostState {
     /// Check the per-record output limits before adding a record of `len` bytes.
     fn check_output(&mut self, call: &'static str, len: usize) -> Result<(), i32> {
         if self.outputs.len() >= self.limits.max_outputs as usize {
-            let detail = format!("more than {} outputs for one record", self.limits.max_outputs);
-            return Err(self.fail(call, E_TOO_MANY_OUTPUTS, FailureKind::TooManyOutputs, detail));
+            let detail = format!(
+                "more than {} outputs for one record",
+                self.limits.max_outputs
+            );
+            return Err(self.fail(
+                call,
+                E_TOO_MANY_OUTPUTS,
+                FailureKind::TooManyOutputs,
+                detail,
+            ));
         }
         if (self.outputs.bytes() + len) as u64 > self.limits.max_output_bytes {
-            let detail = format!("more than {} output bytes for one record", self.limits.max_output_bytes);
+            let detail = format!(
+                "more than {} output bytes for one record",
+                self.limits.max_output_bytes
+            );
             return Err(self.fail(call, E_TOO_LARGE, FailureKind::TooLarge, detail));
         }
         Ok(())
@@ -211,7 +226,9 @@ macro_rules! bounds {
             None => {
                 let detail = format!(
                     "ptr {} len {} outside memory of {} bytes",
-                    $ptr as u32, $len as u32, $mem.len()
+                    $ptr as u32,
+                    $len as u32,
+                    $mem.len()
                 );
                 return $state.fail($call, E_BOUNDS, FailureKind::BadHostCall, detail);
             }
@@ -227,11 +244,11 @@ fn emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     }
     let bytes = &mem[r];
     // The input was valid; a module passing it on unchanged needs no check.
-    if bytes != st.input.as_slice() {
-        if let Err(why) = weir_abi::record::validate(bytes) {
-            let detail = format!("emitted record is malformed: {why}");
-            return st.fail(imports::EMIT, E_MALFORMED, FailureKind::Malformed, detail);
-        }
+    if bytes != st.input.as_slice()
+        && let Err(why) = weir_abi::record::validate(bytes)
+    {
+        let detail = format!("emitted record is malformed: {why}");
+        return st.fail(imports::EMIT, E_MALFORMED, FailureKind::Malformed, detail);
     }
     st.outputs.push(bytes);
     0
@@ -270,12 +287,25 @@ fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
         Ok(n) => {
             if (st.outputs.bytes() as u64) > st.limits.max_output_bytes {
                 st.outputs.pop();
-                let detail = format!("{n}-byte record exceeds {} output bytes for one record", st.limits.max_output_bytes);
-                return st.fail(imports::EMIT_INPUT, E_TOO_LARGE, FailureKind::TooLarge, detail);
+                let detail = format!(
+                    "{n}-byte record exceeds {} output bytes for one record",
+                    st.limits.max_output_bytes
+                );
+                return st.fail(
+                    imports::EMIT_INPUT,
+                    E_TOO_LARGE,
+                    FailureKind::TooLarge,
+                    detail,
+                );
             }
             0
         }
-        Err(why) => st.fail(imports::EMIT_INPUT, E_MALFORMED, FailureKind::Malformed, format!("bad patch: {why}")),
+        Err(why) => st.fail(
+            imports::EMIT_INPUT,
+            E_MALFORMED,
+            FailureKind::Malformed,
+            format!("bad patch: {why}"),
+        ),
     }
 }
 
@@ -283,7 +313,12 @@ fn log(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let r = bounds!(st, imports::LOG, mem, ptr, len);
     if !(level::ERROR..=level::TRACE).contains(&lvl) {
-        return st.fail(imports::LOG, E_INVALID, FailureKind::BadHostCall, format!("unknown log level {lvl}"));
+        return st.fail(
+            imports::LOG,
+            E_INVALID,
+            FailureKind::BadHostCall,
+            format!("unknown log level {lvl}"),
+        );
     }
     if st.log_lines >= LOG_LINES_PER_RECORD {
         st.logs_dropped += 1;
@@ -325,11 +360,23 @@ fn state_set(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i
     let k = bounds!(st, imports::STATE_SET, mem, kp, kl);
     let v = bounds!(st, imports::STATE_SET, mem, vp, vl);
     let (key, value) = (&mem[k], &mem[v]);
-    let old = st.kv.map.get(key).map_or(0, |old| (key.len() + old.len()) as u64);
+    let old = st
+        .kv
+        .map
+        .get(key)
+        .map_or(0, |old| (key.len() + old.len()) as u64);
     let new_total = st.kv.bytes - old + (key.len() + value.len()) as u64;
     if new_total > st.limits.state_bytes {
-        let detail = format!("state would grow to {new_total} bytes, limit {}", st.limits.state_bytes);
-        return st.fail(imports::STATE_SET, E_TOO_LARGE, FailureKind::TooLarge, detail);
+        let detail = format!(
+            "state would grow to {new_total} bytes, limit {}",
+            st.limits.state_bytes
+        );
+        return st.fail(
+            imports::STATE_SET,
+            E_TOO_LARGE,
+            FailureKind::TooLarge,
+            detail,
+        );
     }
     st.kv.bytes = new_total;
     match st.kv.map.get_mut(key) {
@@ -361,20 +408,26 @@ pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
     let m = IMPORT_MODULE;
     let defined = "each import is defined once";
     l.func_wrap(m, imports::EMIT, emit).expect(defined);
-    l.func_wrap(m, imports::INPUT_GET, input_get).expect(defined);
-    l.func_wrap(m, imports::EMIT_INPUT, emit_input).expect(defined);
+    l.func_wrap(m, imports::INPUT_GET, input_get)
+        .expect(defined);
+    l.func_wrap(m, imports::EMIT_INPUT, emit_input)
+        .expect(defined);
     for g in grants {
         match g {
             Grant::Log => {
                 l.func_wrap(m, imports::LOG, log).expect(defined);
             }
             Grant::Clock => {
-                l.func_wrap(m, imports::CLOCK_NOW_MS, clock_now_ms).expect(defined);
+                l.func_wrap(m, imports::CLOCK_NOW_MS, clock_now_ms)
+                    .expect(defined);
             }
             Grant::State => {
-                l.func_wrap(m, imports::STATE_GET, state_get).expect(defined);
-                l.func_wrap(m, imports::STATE_SET, state_set).expect(defined);
-                l.func_wrap(m, imports::STATE_DELETE, state_delete).expect(defined);
+                l.func_wrap(m, imports::STATE_GET, state_get)
+                    .expect(defined);
+                l.func_wrap(m, imports::STATE_SET, state_set)
+                    .expect(defined);
+                l.func_wrap(m, imports::STATE_DELETE, state_delete)
+                    .expect(defined);
             }
         }
     }

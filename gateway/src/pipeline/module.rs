@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use wasmi::{ExternType, FuncType, Module, ValType};
-use weir_abi::{exports, imports, IMPORT_MODULE};
+use weir_abi::{IMPORT_MODULE, exports, imports};
 
+use super::Grant;
 use super::engine::Runtime;
 use super::error::LoadError;
-use super::Grant;
 
 /// A module compiled once, shared by every instance of every stage that uses it.
 #[derive(Clone)]
@@ -75,7 +75,8 @@ fn extern_sig(ty: &ExternType) -> String {
 
 impl CompiledModule {
     pub(crate) fn new(rt: &Runtime, name: &str, wasm: &[u8]) -> Result<Self, LoadError> {
-        let module = Module::new(rt.engine(), wasm).map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let module =
+            Module::new(rt.engine(), wasm).map_err(|e| LoadError::Invalid(e.to_string()))?;
         let info = describe(name, wasm.len(), &module);
         Ok(CompiledModule { module, info })
     }
@@ -112,15 +113,24 @@ impl CompiledModule {
             let ExternType::Func(f) = import.ty() else {
                 return Err(refuse("only functions can be imported".into()));
             };
-            let (params, results) = expected_import(name).expect("every known import has a signature");
+            let (params, results) =
+                expected_import(name).expect("every known import has a signature");
             if f.params() != params || f.results() != results {
-                let want = sig(&FuncType::new(params.iter().copied(), results.iter().copied()));
-                return Err(refuse(format!("signature {} does not match {want}", sig(f))));
+                let want = sig(&FuncType::new(
+                    params.iter().copied(),
+                    results.iter().copied(),
+                ));
+                return Err(refuse(format!(
+                    "signature {} does not match {want}",
+                    sig(f)
+                )));
             }
-            if let Some(g) = grant {
-                if !grants.iter().any(|x| x.as_str() == g) {
-                    return Err(refuse(format!("needs grant `{g}`, which the stage does not have")));
-                }
+            if let Some(g) = grant
+                && !grants.iter().any(|x| x.as_str() == g)
+            {
+                return Err(refuse(format!(
+                    "needs grant `{g}`, which the stage does not have"
+                )));
             }
         }
         Ok(())
@@ -140,15 +150,19 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
         abi_problems: vec![],
     };
     for i in module.imports() {
-        info.imports.push((i.module().into(), i.name().into(), extern_sig(i.ty())));
-        if i.module() == IMPORT_MODULE {
-            if let Some(Some(g)) = imports::grant_for(i.name()) {
-                info.grants_needed.insert(g);
-            }
+        info.imports
+            .push((i.module().into(), i.name().into(), extern_sig(i.ty())));
+        if i.module() == IMPORT_MODULE
+            && let Some(Some(g)) = imports::grant_for(i.name())
+        {
+            info.grants_needed.insert(g);
         }
     }
     let func_sig = |want: &str| -> Option<FuncType> {
-        module.exports().find(|e| e.name() == want).and_then(|e| e.ty().func().cloned())
+        module
+            .exports()
+            .find(|e| e.name() == want)
+            .and_then(|e| e.ty().func().cloned())
     };
     let alloc = func_sig(exports::ALLOC);
     let transform = func_sig(exports::TRANSFORM);
@@ -158,17 +172,22 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
         if let Some(v) = e.name().strip_prefix(exports::ABI_MARKER_PREFIX) {
             info.abi_version = v.parse().ok();
         }
-        if let ExternType::Memory(m) = e.ty() {
-            if e.name() == exports::MEMORY {
-                info.memory_pages = Some((m.minimum(), m.maximum()));
-            }
+        if let ExternType::Memory(m) = e.ty()
+            && e.name() == exports::MEMORY
+        {
+            info.memory_pages = Some((m.minimum(), m.maximum()));
         }
     }
     let problems = &mut info.abi_problems;
     match info.abi_version {
         Some(1) => {}
-        Some(v) => problems.push(format!("ABI version {v} is not supported (this host speaks v1)")),
-        None => problems.push(format!("missing export `{}` (the ABI version marker)", exports::ABI_MARKER)),
+        Some(v) => problems.push(format!(
+            "ABI version {v} is not supported (this host speaks v1)"
+        )),
+        None => problems.push(format!(
+            "missing export `{}` (the ABI version marker)",
+            exports::ABI_MARKER
+        )),
     }
     if info.memory_pages.is_none() {
         problems.push(format!("missing memory export `{}`", exports::MEMORY));
@@ -178,7 +197,11 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
         None => {}
         Some(f) if f.params() != params || f.results() != [I32] => {
             let mut s = String::new();
-            let _ = write!(s, "export `{name}` has signature {}, expected func(", sig(&f));
+            let _ = write!(
+                s,
+                "export `{name}` has signature {}, expected func(",
+                sig(&f)
+            );
             let _ = write!(s, "{}) -> (i32)", vec!["i32"; params.len()].join(", "));
             problems.push(s);
         }

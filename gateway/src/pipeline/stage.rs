@@ -98,7 +98,10 @@ impl Stage {
         let engine = &engine;
         let label: Arc<str> = spec.label.as_str().into();
         let linker = host::linker(engine, &spec.grants);
-        let store = Store::new(engine, HostState::new(label.clone(), spec.limits, KvState::default()));
+        let store = Store::new(
+            engine,
+            HostState::new(label.clone(), spec.limits, KvState::default()),
+        );
         let mut stage = Stage {
             spec,
             label,
@@ -148,11 +151,16 @@ impl Stage {
         let kv = std::mem::take(&mut self.store.data_mut().kv);
         let dropped = self.store.data().logs_dropped;
         self.metrics.logs_dropped += dropped;
-        self.store = Store::new(&self.engine, HostState::new(self.label.clone(), self.spec.limits, kv));
+        self.store = Store::new(
+            &self.engine,
+            HostState::new(self.label.clone(), self.spec.limits, kv),
+        );
         self.store.limiter(|s| &mut s.limiter);
         self.metrics.instantiations += 1;
         let store = &mut self.store;
-        store.set_fuel(self.spec.limits.fuel).map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        store
+            .set_fuel(self.spec.limits.fuel)
+            .map_err(|e| LoadError::Instantiate(e.to_string()))?;
         let instance = self
             .linker
             .instantiate_and_start(&mut *store, &self.spec.module.module)
@@ -161,7 +169,9 @@ impl Stage {
         let memory = instance
             .get_memory(&*store, exports::MEMORY)
             .ok_or_else(|| LoadError::Abi("missing memory export".into()))?;
-        let alloc = instance.get_typed_func::<i32, i32>(&*store, exports::ALLOC).map_err(abi)?;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&*store, exports::ALLOC)
+            .map_err(abi)?;
         let transform = instance
             .get_typed_func::<(i32, i32), i32>(&*store, exports::TRANSFORM)
             .map_err(abi)?;
@@ -173,10 +183,13 @@ impl Stage {
             input: None,
         };
         if let Ok(init) = instance.get_typed_func::<(i32, i32), i32>(&*store, exports::INIT) {
-            store.set_fuel(self.spec.limits.fuel).map_err(|e| LoadError::Init(e.to_string()))?;
+            store
+                .set_fuel(self.spec.limits.fuel)
+                .map_err(|e| LoadError::Init(e.to_string()))?;
             let config = self.spec.config.clone();
             store.data_mut().reset_call(&[]);
-            let ptr = place(store, &mut live, &config).map_err(|e| LoadError::Init(e.to_string()))?;
+            let ptr =
+                place(store, &mut live, &config).map_err(|e| LoadError::Init(e.to_string()))?;
             let code = init
                 .call(&mut *store, (ptr as i32, config.len() as i32))
                 .map_err(|e| LoadError::Init(classify(e, self.spec.limits.fuel).to_string()))?;
@@ -185,7 +198,9 @@ impl Stage {
             }
             if code != status::OK {
                 let name = status::name(code);
-                return Err(LoadError::Init(format!("module returned status {code} ({name})")));
+                return Err(LoadError::Init(format!(
+                    "module returned status {code} ({name})"
+                )));
             }
         }
         Ok(live)
@@ -233,10 +248,15 @@ impl Stage {
     fn run(&mut self, input: &[u8]) -> Result<(), StageError> {
         let fuel = self.spec.limits.fuel;
         if self.live.is_none() || self.spec.isolation == Isolation::PerRecord {
-            let live = self.instantiate().map_err(|e| StageError::Instantiate(e.to_string()))?;
+            let live = self
+                .instantiate()
+                .map_err(|e| StageError::Instantiate(e.to_string()))?;
             self.live = Some(live);
         }
-        let (store, live) = (&mut self.store, self.live.as_mut().expect("instantiated above"));
+        let (store, live) = (
+            &mut self.store,
+            self.live.as_mut().expect("instantiated above"),
+        );
         store.data_mut().reset_call(input);
         // `weir_alloc` (called only when a record outgrows the buffer) runs on
         // its own budget, so a record's fuel is the same whenever it comes.
@@ -293,10 +313,14 @@ fn place(store: &mut Store<HostState>, live: &mut Live, bytes: &[u8]) -> Result<
             ptr
         }
     };
-    live.memory.write(&mut *store, ptr as usize, bytes).map_err(|_| {
-        live.input = None;
-        input_err(format!("weir_alloc returned {ptr}, outside the module's memory"))
-    })?;
+    live.memory
+        .write(&mut *store, ptr as usize, bytes)
+        .map_err(|_| {
+            live.input = None;
+            input_err(format!(
+                "weir_alloc returned {ptr}, outside the module's memory"
+            ))
+        })?;
     Ok(ptr)
 }
 

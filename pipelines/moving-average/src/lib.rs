@@ -38,17 +38,23 @@ struct Window {
 
 impl Window {
     fn load(bytes: &[u8], window: usize) -> Window {
-        let mut w = Window { count: 0, next: 0, micros: [0; MAX_WINDOW] };
+        let mut w = Window {
+            count: 0,
+            next: 0,
+            micros: [0; MAX_WINDOW],
+        };
         // A stored window of another size (the config changed) starts afresh.
-        if let [count, next, rest @ ..] = bytes {
-            if rest.len() == 8 * window && (*count as usize) <= window && (*next as usize) < window {
-                w.count = *count as usize;
-                w.next = *next as usize;
-                for (t, chunk) in w.micros.iter_mut().zip(rest.chunks_exact(8)) {
-                    let mut b = [0u8; 8];
-                    b.iter_mut().zip(chunk).for_each(|(d, s)| *d = *s);
-                    *t = i64::from_le_bytes(b);
-                }
+        if let [count, next, rest @ ..] = bytes
+            && rest.len() == 8 * window
+            && (*count as usize) <= window
+            && (*next as usize) < window
+        {
+            w.count = *count as usize;
+            w.next = *next as usize;
+            for (t, chunk) in w.micros.iter_mut().zip(rest.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.iter_mut().zip(chunk).for_each(|(d, s)| *d = *s);
+                *t = i64::from_le_bytes(b);
             }
         }
         w
@@ -57,8 +63,15 @@ impl Window {
     fn store(&self, out: &mut [u8; 2 + 8 * MAX_WINDOW], window: usize) -> usize {
         out[0] = self.count as u8;
         out[1] = self.next as u8;
-        for (chunk, t) in out[2..].chunks_exact_mut(8).zip(&self.micros[..]).take(window) {
-            chunk.iter_mut().zip(t.to_le_bytes()).for_each(|(d, s)| *d = s);
+        for (chunk, t) in out[2..]
+            .chunks_exact_mut(8)
+            .zip(&self.micros[..])
+            .take(window)
+        {
+            chunk
+                .iter_mut()
+                .zip(t.to_le_bytes())
+                .for_each(|(d, s)| *d = s);
         }
         2 + 8 * window
     }
@@ -68,13 +81,21 @@ impl Window {
         if let Some(slot) = self.micros.get_mut(self.next) {
             *slot = libm::round(t * 1e6) as i64;
         }
-        self.next = if self.next + 1 >= window { 0 } else { self.next + 1 };
+        self.next = if self.next + 1 >= window {
+            0
+        } else {
+            self.next + 1
+        };
         self.count = (self.count + 1).min(window);
         let sum: i64 = self.micros.iter().take(self.count).sum();
         // mean in hundredths = sum / (count * 10_000), rounded half away from zero
         let den = self.count as i64 * 10_000;
         let (q, r) = (sum / den, sum % den);
-        if 2 * r.abs() >= den { q + sum.signum() } else { q }
+        if 2 * r.abs() >= den {
+            q + sum.signum()
+        } else {
+            q
+        }
     }
 }
 

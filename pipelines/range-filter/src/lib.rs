@@ -24,7 +24,11 @@ pub fn init(cfg: &Fields<'_>) -> Result<(), Error> {
 /// Keep the record (unchanged) when `temp_c` is within range.
 pub fn transform(input: &Input<'_>, _out: &mut Patch) -> Result<Action, Error> {
     let t = input.f64("temp_c").ok_or(Error::Transform)?;
-    Ok(if (MIN.get()..=MAX.get()).contains(&t) { Action::Emit } else { Action::Drop })
+    Ok(if (MIN.get()..=MAX.get()).contains(&t) {
+        Action::Emit
+    } else {
+        Action::Drop
+    })
 }
 
 weir_guest::export_patch_transform!(transform, init = init);
