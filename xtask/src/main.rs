@@ -69,6 +69,21 @@ fn setup() -> Result<(), String> {
             .args(["target", "add"])
             .args(&missing))?;
     }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let missing: Vec<&str> = RUSTUP_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !components.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing))?;
+    }
     let pkgs: Vec<&str> = APT_TOOLS
         .iter()
         .filter(|(tool, _)| !have(tool))
