@@ -10,11 +10,17 @@
 //! - [`record`]: keys of the CBOR record map, and [`record::validate`].
 //! - [`cbor`]: the minimal CBOR reader and writer both sides use.
 //! - [`patch`]: payload field lookup and patching (`input_get`, `emit_input`).
+//! - `records` (feature `alloc`): records stored back to back, for collecting outputs.
 #![no_std]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod cbor;
 pub mod patch;
+#[cfg(feature = "alloc")]
+pub mod records;
 
 /// The ABI version this crate describes.
 pub const VERSION: u32 = 1;

@@ -16,39 +16,7 @@ struct Host {
 }
 
 /// Records emitted by one or more calls, stored back to back.
-#[derive(Debug, Default, Clone)]
-pub struct Outputs {
-    buf: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Outputs {
-    /// Forget everything (keeps the allocation).
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.ends.clear();
-    }
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-    /// True if nothing was emitted.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-    /// Append one record.
-    pub fn push(&mut self, rec: &[u8]) {
-        self.buf.extend_from_slice(rec);
-        self.ends.push(self.buf.len());
-    }
-    /// The records, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = core::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
-            .map(|(s, e)| &self.buf[s..e])
-    }
-}
+pub use weir_abi::records::Records as Outputs;
 
 std::thread_local!(static HOST: RefCell<Host> = RefCell::new(Host::default()));
 

@@ -23,72 +23,7 @@ pub const LOG_LINES_PER_RECORD: u32 = 16;
 pub const LOG_LINE_MAX: usize = 1024;
 
 /// Records emitted during one call, stored back to back.
-#[derive(Debug, Default)]
-pub struct Outputs {
-    buf: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Outputs {
-    /// Forget everything (keeps the allocation).
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.ends.clear();
-    }
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-    /// True if nothing was emitted.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-    /// Total bytes.
-    pub fn bytes(&self) -> usize {
-        self.buf.len()
-    }
-    /// Append one record.
-    pub fn push(&mut self, rec: &[u8]) {
-        self.buf.extend_from_slice(rec);
-        self.ends.push(self.buf.len());
-    }
-    /// The records, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
-            .map(|(s, e)| &self.buf[s..e])
-    }
-
-    /// Append one record written in place by `write` into at most `max` bytes.
-    /// Returns its length; on error nothing is appended.
-    pub fn push_with<E>(
-        &mut self,
-        max: usize,
-        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
-    ) -> Result<usize, E> {
-        let start = self.buf.len();
-        self.buf.resize(start + max, 0);
-        match write(&mut self.buf[start..]) {
-            Ok(n) => {
-                self.buf.truncate(start + n);
-                self.ends.push(self.buf.len());
-                Ok(n)
-            }
-            Err(e) => {
-                self.buf.truncate(start);
-                Err(e)
-            }
-        }
-    }
-
-    /// Remove the last record.
-    fn pop(&mut self) {
-        if self.ends.pop().is_some() {
-            self.buf.truncate(self.ends.last().copied().unwrap_or(0));
-        }
-    }
-}
+pub use weir_abi::records::Records as Outputs;
 
 /// A module's key/value state: survives records and instances.
 #[derive(Debug, Default)]
@@ -210,6 +145,17 @@ fn range(mem: &[u8], ptr: i32, len: i32) -> Option<Range<usize>> {
     (end <= mem.len()).then_some(start..end)
 }
 
+/// Copy `value` to `mem[dest]` if it fits, and return its length: the ABI's
+/// "length, copied only if it fits" for `state_get` and `input_get`.
+fn copy_out(mem: &mut [u8], dest: Range<usize>, value: &[u8]) -> i32 {
+    if let Some(slot) = mem.get_mut(dest.start..dest.start + value.len())
+        && value.len() <= dest.len()
+    {
+        slot.copy_from_slice(value);
+    }
+    i32::try_from(value.len()).unwrap_or(i32::MAX)
+}
+
 fn memory<'a>(caller: &'a mut Caller<'_, HostState>) -> (&'a mut [u8], &'a mut HostState) {
     match caller.data().memory {
         Some(m) => m.data_and_store_mut(caller),
@@ -264,10 +210,7 @@ fn input_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i
     let Some(value) = weir_abi::patch::field(&st.input, payload, &mem[k]) else {
         return E_NOT_FOUND;
     };
-    if value.len() <= v.len() {
-        mem[v.start..v.start + value.len()].copy_from_slice(value);
-    }
-    i32::try_from(value.len()).unwrap_or(i32::MAX)
+    copy_out(mem, v, value)
 }
 
 fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
@@ -349,10 +292,7 @@ fn state_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i
     let Some(value) = st.kv.map.get(&mem[k]) else {
         return E_NOT_FOUND;
     };
-    if value.len() <= v.len() {
-        mem[v.start..v.start + value.len()].copy_from_slice(value);
-    }
-    i32::try_from(value.len()).unwrap_or(i32::MAX)
+    copy_out(mem, v, value)
 }
 
 fn state_set(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32) -> i32 {
@@ -446,15 +386,5 @@ mod tests {
         assert_eq!(range(&mem, 1, 100), None);
         assert_eq!(range(&mem, -1, 1), None);
         assert_eq!(range(&mem, 10, -1), None);
-    }
-
-    #[test]
-    fn outputs_iterate_in_order() {
-        let mut o = Outputs::default();
-        o.push(b"ab");
-        o.push(b"");
-        o.push(b"cde");
-        assert_eq!(o.iter().collect::<Vec<_>>(), vec![&b"ab"[..], b"", b"cde"]);
-        assert_eq!((o.len(), o.bytes()), (3, 5));
     }
 }
