@@ -5,16 +5,22 @@
 use crate::cbor::{self, Reader, Writer};
 use crate::record;
 
-/// Where the payload's value lies in a (valid) record: `(start, end)`.
+/// Where the payload's value lies in a record: `(start, end)`. The record
+/// must be valid ([`record::validate`]); then a payload that is the last
+/// entry (as the host writes it) ends where the record ends, and is not
+/// walked. On invalid input the result may be wrong but nothing panics.
 pub fn payload_span(rec: &[u8]) -> Option<(usize, usize)> {
     let mut r = Reader::new(rec);
     let h = r.head().ok()?;
     if h.major != cbor::MAP {
         return None;
     }
-    for _ in 0..h.arg {
+    for i in 0..h.arg {
         let k = r.text_bytes().ok()?;
         let start = r.pos();
+        if i + 1 == h.arg && k == record::PAYLOAD.as_bytes() {
+            return Some((start, rec.len()));
+        }
         r.skip().ok()?;
         if k == record::PAYLOAD.as_bytes() {
             return Some((start, r.pos()));

@@ -96,14 +96,14 @@ pub(crate) mod raw {
         let patch = unsafe { slice::from_raw_parts(ptr, len) };
         HOST.with(|h| {
             let h = &mut *h.borrow_mut();
-            let mut buf = std::vec![0u8; weir_abi::patch::max_output_len(&h.input, patch)];
-            let mut w = weir_abi::cbor::Writer::new(&mut buf);
-            match weir_abi::patch::apply(&h.input, patch, &mut w) {
-                Ok(()) => {
-                    let n = w.len();
-                    h.outputs.push(&buf[..n]);
-                    0
-                }
+            let max = weir_abi::patch::max_output_len(&h.input, patch);
+            let input = &h.input;
+            let written = h.outputs.push_with(max, |buf| {
+                let mut w = weir_abi::cbor::Writer::new(buf);
+                weir_abi::patch::apply(input, patch, &mut w).map(|()| w.len())
+            });
+            match written {
+                Ok(_) => 0,
                 Err(_) => weir_abi::hostcall::E_MALFORMED,
             }
         })
