@@ -23,11 +23,11 @@ fn frame(sensor_id: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Everything the decoder reports for `bytes`: Ok((sensor, seq, payload)) or Err(kind).
-fn decode_all<const N: usize>(
-    dec: &mut Decoder<N>,
-    bytes: &[u8],
-) -> Vec<Result<(u32, u32, Vec<u8>), &'static str>> {
+/// One decoder report: Ok((sensor, seq, payload)) or Err(kind).
+type Report = Result<(u32, u32, Vec<u8>), &'static str>;
+
+/// Everything the decoder reports for `bytes`.
+fn decode_all<const N: usize>(dec: &mut Decoder<N>, bytes: &[u8]) -> Vec<Report> {
     let mut out = Vec::new();
     dec.push(bytes, |r| {
         out.push(
