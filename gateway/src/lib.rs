@@ -9,6 +9,7 @@
 //! - [`pipeline`]: the Wasm runtime and pipelines:
 //!   engine, module checks, host imports, stages (limits, quarantine), chains
 //!   (error policy).
+//! - [`sources`]: where records come from (serial lines).
 //! - [`cli`]: the `weir` command line, one file per subcommand.
 //!
 //! The guest side of the ABI lives in `firmware-sdk/` (`weir-abi`, `weir-guest`)
@@ -18,3 +19,4 @@ pub mod cli;
 pub mod config;
 pub mod pipeline;
 pub mod record;
+pub mod sources;

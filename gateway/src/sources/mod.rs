@@ -1,0 +1,5 @@
+//! Sources: where records come from.
+//!
+//! - [`serial`]: sensors on serial lines.
+
+pub mod serial;
