@@ -10,6 +10,7 @@
 //!   engine, module checks, host imports, stages (limits, quarantine), chains
 //!   (error policy).
 //! - [`sources`]: where records come from (serial lines).
+//! - [`routing`]: which records feed which pipeline (sources, topic filters).
 //! - [`cli`]: the `weir` command line, one file per subcommand.
 //!
 //! The guest side of the ABI lives in `firmware-sdk/` (`weir-abi`, `weir-guest`)
@@ -19,4 +20,5 @@ pub mod cli;
 pub mod config;
 pub mod pipeline;
 pub mod record;
+pub mod routing;
 pub mod sources;

@@ -6,6 +6,7 @@ mod check;
 mod module;
 mod output;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     Run(run::RunArgs),
     /// Validate a config and load every module it names.
     Check(check::CheckArgs),
+    /// Run the gateway: sources, routing, pipelines (results to stdout).
+    Serve(serve::ServeArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Module(cmd) => module::run(cmd),
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,8 +2,11 @@
 
 use serde_json::{Value, json};
 
-use crate::pipeline::DeadLetter;
+use std::io::Write;
+
+use crate::pipeline::{DeadLetter, FailureKind, PipelineOutput};
 use crate::record::Record;
+use crate::routing::Router;
 
 /// A record (ABI v1 CBOR) as a JSON object, tagged with its pipeline.
 pub fn record_json(pipeline: Option<&str>, cbor: &[u8]) -> Value {
@@ -29,4 +32,54 @@ pub fn dead_letter_json(pipeline: &str, d: &DeadLetter) -> Value {
         );
     }
     v
+}
+
+/// Write a pipeline's output as JSON lines: records, then dead letters.
+pub fn write_output(
+    w: &mut impl Write,
+    pipeline: &str,
+    out: &PipelineOutput,
+) -> std::io::Result<()> {
+    for r in out.records.iter() {
+        writeln!(w, "{}", record_json(Some(pipeline), r))?;
+    }
+    for d in &out.dead {
+        writeln!(w, "{}", dead_letter_json(pipeline, d))?;
+    }
+    Ok(())
+}
+
+/// Log every pipeline and stage counter once.
+pub fn report(router: &Router) {
+    for p in router.pipelines() {
+        let m = p.metrics();
+        tracing::info!(
+            pipeline = p.name(),
+            records_in = m.records_in,
+            records_out = m.records_out,
+            dead_lettered = m.dead_lettered,
+            policy_dropped = m.policy_dropped,
+            policy_passed = m.policy_passed,
+            "pipeline done"
+        );
+        for s in p.stages() {
+            let sm = s.metrics();
+            let failures: Vec<String> = FailureKind::ALL
+                .iter()
+                .filter(|k| sm.failed(**k) > 0)
+                .map(|k| format!("{k}={}", sm.failed(*k)))
+                .collect();
+            tracing::info!(
+                stage = s.label(),
+                records_in = sm.records_in,
+                records_out = sm.records_out,
+                dropped = sm.records_dropped,
+                failed = sm.failed_total(),
+                failures = failures.join(","),
+                fuel_per_record = sm.fuel_used.checked_div(sm.records_in).unwrap_or(0),
+                quarantined = s.is_quarantined(),
+                "stage done"
+            );
+        }
+    }
 }

@@ -9,8 +9,9 @@ use clap::Args;
 
 use super::{Failure, output};
 use crate::config::Config;
-use crate::pipeline::{FailureKind, Pipeline, PipelineOutput, Runtime};
+use crate::pipeline::Runtime;
 use crate::record::{JsonInput, now_ms};
+use crate::routing::Router;
 
 /// Arguments of `weir run`.
 #[derive(Args)]
@@ -24,7 +25,8 @@ pub struct RunArgs {
     /// Override `gateway.modules_dir`.
     #[arg(long)]
     modules_dir: Option<PathBuf>,
-    /// Source name given to the records.
+    /// Source name given to the records (pipelines that name their sources
+    /// take only records from those).
     #[arg(long, default_value = "stdin")]
     source: String,
     /// Topic for bare payloads; `{field}` takes the payload's field.
@@ -38,8 +40,8 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         cfg.gateway.modules_dir = Some(std::path::absolute(dir)?);
         cfg.validate().map_err(Failure::refused)?;
     }
-    let mut pipelines = Pipeline::build_all(&cfg, &Runtime::new()).map_err(Failure::refused)?;
-    for p in &pipelines {
+    let mut router = Router::from_config(&cfg, &Runtime::new()).map_err(Failure::refused)?;
+    for p in router.pipelines() {
         tracing::info!(
             pipeline = p.name(),
             stages = p.stages().len(),
@@ -59,8 +61,8 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
         )),
     };
     let mut stdout = BufWriter::new(std::io::stdout().lock());
-    let mut out = PipelineOutput::default();
     let (mut lines, mut invalid) = (0u64, 0u64);
+    let mut write_error = None;
     for (lineno, line) in reader.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -75,55 +77,17 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
                 continue;
             }
         };
-        let cbor = rec.to_cbor();
-        for p in &mut pipelines {
-            out.clear();
-            p.process(&cbor, &mut out);
-            for r in out.records.iter() {
-                writeln!(stdout, "{}", output::record_json(Some(p.name()), r))?;
+        router.dispatch(&rec, |name, out| {
+            if write_error.is_none() {
+                write_error = output::write_output(&mut stdout, name, out).err();
             }
-            for d in &out.dead {
-                writeln!(stdout, "{}", output::dead_letter_json(p.name(), d))?;
-            }
+        });
+        if let Some(e) = write_error.take() {
+            return Err(e.into());
         }
     }
     stdout.flush()?;
-    report(&pipelines, lines, invalid);
-    Ok(())
-}
-
-/// Log every counter once at the end.
-fn report(pipelines: &[Pipeline], lines: u64, invalid: u64) {
     tracing::info!(records = lines, invalid, "input done");
-    for p in pipelines {
-        let m = p.metrics();
-        tracing::info!(
-            pipeline = p.name(),
-            records_in = m.records_in,
-            records_out = m.records_out,
-            dead_lettered = m.dead_lettered,
-            policy_dropped = m.policy_dropped,
-            policy_passed = m.policy_passed,
-            "pipeline done"
-        );
-        for s in p.stages() {
-            let sm = s.metrics();
-            let failures: Vec<String> = FailureKind::ALL
-                .iter()
-                .filter(|k| sm.failed(**k) > 0)
-                .map(|k| format!("{k}={}", sm.failed(*k)))
-                .collect();
-            tracing::info!(
-                stage = s.label(),
-                records_in = sm.records_in,
-                records_out = sm.records_out,
-                dropped = sm.records_dropped,
-                failed = sm.failed_total(),
-                failures = failures.join(","),
-                fuel_per_record = sm.fuel_used.checked_div(sm.records_in).unwrap_or(0),
-                quarantined = s.is_quarantined(),
-                "stage done"
-            );
-        }
-    }
+    output::report(&router);
+    Ok(())
 }

@@ -38,6 +38,9 @@ pub struct Config {
     /// `[defaults]`: defaults for every pipeline and stage.
     #[serde(default)]
     pub defaults: DefaultsConfig,
+    /// `[[source]]`: where records come from.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
     /// `[[pipeline]]`: the pipelines, each an ordered chain of stages.
     #[serde(default, rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
@@ -111,12 +114,35 @@ impl LimitsConfig {
     }
 }
 
+/// `[[source]]`, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// A serial line.
+    Serial(crate::sources::serial::SerialConfig),
+}
+
+impl SourceConfig {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Serial(s) => &s.name,
+        }
+    }
+}
+
 /// `[[pipeline]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Unique name.
     pub name: String,
+    /// Sources that feed this pipeline (empty: all of them).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// MQTT-style topic filters a record must match (empty: all topics).
+    #[serde(default)]
+    pub topics: Vec<String>,
     /// What happens to a record a stage fails on.
     #[serde(default)]
     pub on_error: ErrorPolicy,
@@ -217,6 +243,19 @@ impl Config {
         }
         let defaults = self.defaults.limits.over(Limits::default());
         self.check_limits("defaults.limits", defaults)?;
+        let mut source_names = HashSet::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            let at = format!("source[{i}]");
+            if src.name().is_empty() || !source_names.insert(src.name()) {
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("`{}` is empty or used twice", src.name()),
+                ));
+            }
+            match src {
+                SourceConfig::Serial(s) => self.check_serial(&at, s)?,
+            }
+        }
         let mut names = HashSet::new();
         for (p, pipe) in self.pipelines.iter().enumerate() {
             let at = format!("pipeline[{p}]");
@@ -228,6 +267,19 @@ impl Config {
             }
             if pipe.quarantine_after == 0 {
                 return Err(self.err(format!("{at}.quarantine_after"), "must be at least 1"));
+            }
+            for (i, name) in pipe.sources.iter().enumerate() {
+                if !source_names.contains(name.as_str()) {
+                    return Err(self.err(
+                        format!("{at}.sources[{i}]"),
+                        format!("no source is named `{name}`"),
+                    ));
+                }
+            }
+            for (i, filter) in pipe.topics.iter().enumerate() {
+                if let Err(why) = crate::routing::valid_filter(filter) {
+                    return Err(self.err(format!("{at}.topics[{i}]"), format!("`{filter}`: {why}")));
+                }
             }
             if pipe.stages.is_empty() {
                 return Err(self.err(format!("{at}.stage"), "a pipeline needs at least one stage"));
@@ -259,6 +311,35 @@ impl Config {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_serial(
+        &self,
+        at: &str,
+        s: &crate::sources::serial::SerialConfig,
+    ) -> Result<(), ConfigError> {
+        use crate::sources::serial::framing::Framing;
+        if s.path.is_empty() {
+            return Err(self.err(format!("{at}.path"), "must name a device"));
+        }
+        if s.baud == 0 {
+            return Err(self.err(format!("{at}.baud"), "must be positive"));
+        }
+        if !(5..=8).contains(&s.data_bits) {
+            return Err(self.err(format!("{at}.data_bits"), "must be 5, 6, 7 or 8"));
+        }
+        if !matches!(s.stop_bits, 1 | 2) {
+            return Err(self.err(format!("{at}.stop_bits"), "must be 1 or 2"));
+        }
+        if s.max_message < 16 {
+            return Err(self.err(format!("{at}.max_message"), "must be at least 16"));
+        }
+        if let Framing::LengthPrefixed { width, .. } = s.framing
+            && !matches!(width, 1 | 2 | 4)
+        {
+            return Err(self.err(format!("{at}.framing.width"), "must be 1, 2 or 4"));
         }
         Ok(())
     }

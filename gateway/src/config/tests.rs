@@ -34,6 +34,36 @@ limits = { max_outputs = 2 }
   config = { window = 5, label = "x" }
 "#;
 
+const SERIAL: &str = r#"
+[[source]]
+type = "serial"
+name = "serial0"
+path = "/dev/ttyUSB0"
+baud = 9600
+stop_bits = 2
+framing = { mode = "lines", format = "json" }
+"#;
+
+#[test]
+fn sources_and_routes_load() {
+    let dir = dir_with_module();
+    let text = format!("{SERIAL}{GOOD}").replace(
+        "limits = { max_outputs = 2 }",
+        "sources = [\"serial0\"]\ntopics = [\"sensors/+/telemetry\"]",
+    );
+    let cfg = parse(dir.path(), &text).unwrap();
+    let SourceConfig::Serial(s) = &cfg.sources[0];
+    assert_eq!(
+        (s.name.as_str(), s.baud, s.stop_bits, s.data_bits),
+        ("serial0", 9600, 2, 8)
+    );
+    assert_eq!(cfg.pipelines[0].sources, ["serial0"]);
+    assert_eq!(cfg.pipelines[0].topics, ["sensors/+/telemetry"]);
+    let bad = SERIAL.replace("baud = 9600", "baud = 9600\nbaudd = 1");
+    let err = parse(dir.path(), &format!("{bad}{GOOD}")).unwrap_err();
+    assert!(err.to_string().contains("baudd"), "{err}");
+}
+
 #[test]
 fn a_good_config_loads_with_inherited_limits() {
     let dir = dir_with_module();

@@ -1,0 +1,374 @@
+//! The serial source's I/O: open the device with its line settings, read,
+//! deframe, hand records on; when the device disappears (a USB unplug), log
+//! it once, count the outage, and retry with backoff until it returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_serial::SerialPortBuilderExt;
+
+use super::framing::{DEFAULT_MAX_MESSAGE, Deframer, Framing, Message};
+use crate::record::{Record, now_ms};
+
+/// `[[source]] type = "serial"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Unique source name (`serial0`).
+    pub name: String,
+    /// Device path (`/dev/ttyUSB0`, `/dev/serial/by-id/...`).
+    pub path: String,
+    /// Baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Data bits: 5, 6, 7 or 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// Parity: none, odd or even.
+    #[serde(default)]
+    pub parity: Parity,
+    /// Stop bits: 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Flow control: none, software (XON/XOFF) or hardware (RTS/CTS).
+    #[serde(default)]
+    pub flow_control: FlowControl,
+    /// How bytes are framed.
+    pub framing: Framing,
+    /// Topic of the records: `{source}`, `{sensor}` (wire sensor id) and
+    /// `{field}` (a payload field) are filled in.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Longest line or message accepted, bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message: usize,
+    /// What to do when the pipelines fall behind: a serial line cannot be
+    /// paused, so records are dropped, and counted.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_topic() -> String {
+    "sensors/{sensor}/telemetry".into()
+}
+fn default_max_message() -> usize {
+    DEFAULT_MAX_MESSAGE
+}
+
+/// Parity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit.
+    #[default]
+    None,
+    /// Odd parity.
+    Odd,
+    /// Even parity.
+    Even,
+}
+
+/// Flow control.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// None.
+    #[default]
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
+}
+
+/// The policy when the channel to the pipelines is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Drop the record that does not fit (the default).
+    #[default]
+    DropNewest,
+}
+
+/// Counters of one serial source.
+#[derive(Debug, Default)]
+pub struct SerialMetrics {
+    /// Records handed to the pipelines.
+    pub records: AtomicU64,
+    /// Bytes read.
+    pub bytes: AtomicU64,
+    /// Times the device could not be opened or was lost.
+    pub outages: AtomicU64,
+    /// Frames lost, from gaps in sensor sequence numbers.
+    pub lost_frames: AtomicU64,
+    /// Sequence numbers that went backwards (a sensor restarted).
+    pub seq_resets: AtomicU64,
+    /// Records dropped because the pipelines were full (`when_full`).
+    pub dropped_full: AtomicU64,
+    /// Rejected input, by kind (`crc`, `malformed`, ...).
+    pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
+}
+
+impl SerialMetrics {
+    /// Rejections of one kind.
+    pub fn rejected(&self, kind: &str) -> u64 {
+        self.rejected
+            .lock()
+            .map(|m| m.get(kind).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// Per-sensor sequence tracking: counts frames lost in gaps.
+#[derive(Debug, Default)]
+pub struct SeqTracker {
+    last: HashMap<u32, u32>,
+}
+
+/// What a sequence number says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqEvent {
+    /// The first frame seen from this sensor, or the next one.
+    InOrder,
+    /// `n` frames were lost before this one.
+    Gap(u32),
+    /// The number went backwards or repeated: the sensor restarted (or a duplicate).
+    Reset,
+}
+
+impl SeqTracker {
+    /// Record `seq` from `sensor`.
+    pub fn observe(&mut self, sensor: u32, seq: u32) -> SeqEvent {
+        let prev = self.last.insert(sensor, seq);
+        match prev {
+            None => SeqEvent::InOrder,
+            Some(p) => match seq.wrapping_sub(p) {
+                1 => SeqEvent::InOrder,
+                d if d > 1 && d < 1 << 31 => SeqEvent::Gap(d - 1),
+                _ => SeqEvent::Reset,
+            },
+        }
+    }
+}
+
+/// Fill `{source}`, `{sensor}` and `{field}` in a topic template.
+pub fn topic_for(
+    template: &str,
+    source: &str,
+    sensor: Option<u32>,
+    payload: &serde_cbor::Value,
+) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let key = &rest[start + 1..start + len];
+        match key {
+            "source" => out.push_str(source),
+            "sensor" => match sensor {
+                Some(id) => out.push_str(&id.to_string()),
+                None => out.push('_'),
+            },
+            field => match payload {
+                serde_cbor::Value::Map(m) => match m.get(&serde_cbor::Value::Text(field.into())) {
+                    Some(serde_cbor::Value::Text(s)) => out.push_str(s),
+                    Some(serde_cbor::Value::Integer(i)) => out.push_str(&i.to_string()),
+                    _ => out.push('_'),
+                },
+                _ => out.push('_'),
+            },
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn builder(cfg: &SerialConfig) -> tokio_serial::SerialPortBuilder {
+    use tokio_serial::{DataBits, StopBits};
+    let data_bits = match cfg.data_bits {
+        5 => DataBits::Five,
+        6 => DataBits::Six,
+        7 => DataBits::Seven,
+        _ => DataBits::Eight,
+    };
+    tokio_serial::new(&cfg.path, cfg.baud)
+        .data_bits(data_bits)
+        .parity(match cfg.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Odd => tokio_serial::Parity::Odd,
+            Parity::Even => tokio_serial::Parity::Even,
+        })
+        .stop_bits(if cfg.stop_bits == 2 {
+            StopBits::Two
+        } else {
+            StopBits::One
+        })
+        .flow_control(match cfg.flow_control {
+            FlowControl::None => tokio_serial::FlowControl::None,
+            FlowControl::Software => tokio_serial::FlowControl::Software,
+            FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+        })
+}
+
+/// Read the device until `shutdown` resolves, reopening it whenever it fails.
+pub async fn run(
+    cfg: SerialConfig,
+    tx: mpsc::Sender<Record>,
+    metrics: Arc<SerialMetrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut deframer = Deframer::new(&cfg.framing, cfg.max_message);
+    let mut seqs = SeqTracker::default();
+    let mut backoff = Duration::from_millis(100);
+    let mut down = false;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let port = builder(&cfg).open_native_async();
+        let mut port = match port {
+            Ok(p) => p,
+            Err(e) => {
+                if !down {
+                    down = true;
+                    metrics.outages.fetch_add(1, Relaxed);
+                    tracing::warn!(source = %cfg.name, path = %cfg.path, error = %e,
+                        "serial device unavailable; retrying with backoff until it returns");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if down {
+            tracing::info!(source = %cfg.name, path = %cfg.path, "serial device is back");
+        } else {
+            tracing::info!(source = %cfg.name, path = %cfg.path, baud = cfg.baud, "serial device open");
+        }
+        backoff = Duration::from_millis(100);
+        deframer.reset();
+        loop {
+            let n = tokio::select! {
+                r = port.read(&mut buf) => r,
+                _ = shutdown.changed() => return,
+            };
+            let n = match n {
+                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                other => other,
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    down = true;
+                    metrics.outages.fetch_add(1, Relaxed);
+                    tracing::warn!(source = %cfg.name, path = %cfg.path, error = %e,
+                        "serial device lost; retrying with backoff until it returns");
+                    break;
+                }
+            };
+            metrics.bytes.fetch_add(n as u64, Relaxed);
+            deframer.push(&buf[..n], &mut |r| match r {
+                Ok(msg) => deliver(&cfg, msg, &tx, &metrics, &mut seqs),
+                Err(e) => {
+                    if let Ok(mut m) = metrics.rejected.lock() {
+                        *m.entry(e.kind()).or_default() += 1;
+                    }
+                    tracing::debug!(source = %cfg.name, error = %e, "serial input rejected");
+                }
+            });
+        }
+    }
+}
+
+fn deliver(
+    cfg: &SerialConfig,
+    msg: Message,
+    tx: &mpsc::Sender<Record>,
+    metrics: &SerialMetrics,
+    seqs: &mut SeqTracker,
+) {
+    let mut headers = std::collections::BTreeMap::new();
+    if let Some((sensor, seq)) = msg.sensor {
+        match seqs.observe(sensor, seq) {
+            SeqEvent::InOrder => {}
+            SeqEvent::Gap(n) => {
+                metrics.lost_frames.fetch_add(u64::from(n), Relaxed);
+                tracing::debug!(source = %cfg.name, sensor, seq, lost = n, "sequence gap: frames lost");
+            }
+            SeqEvent::Reset => {
+                metrics.seq_resets.fetch_add(1, Relaxed);
+            }
+        }
+        headers.insert("sensor".to_owned(), sensor.to_string());
+        headers.insert("seq".to_owned(), seq.to_string());
+    }
+    if let Some(kind) = &msg.kind {
+        headers.insert("kind".to_owned(), kind.clone());
+    }
+    let record = Record {
+        source: cfg.name.clone(),
+        topic: topic_for(&cfg.topic, &cfg.name, msg.sensor.map(|s| s.0), &msg.payload),
+        ts: now_ms(),
+        headers,
+        payload: msg.payload,
+    };
+    match tx.try_send(record) {
+        Ok(()) => {
+            metrics.records.fetch_add(1, Relaxed);
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics.dropped_full.fetch_add(1, Relaxed);
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_gaps_and_resets() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(1, 10), SeqEvent::InOrder);
+        assert_eq!(t.observe(1, 11), SeqEvent::InOrder);
+        assert_eq!(t.observe(1, 15), SeqEvent::Gap(3));
+        assert_eq!(t.observe(2, 0), SeqEvent::InOrder, "sensors are separate");
+        assert_eq!(t.observe(1, 3), SeqEvent::Reset);
+        assert_eq!(t.observe(1, 3), SeqEvent::Reset, "a duplicate");
+        assert_eq!(t.observe(3, u32::MAX), SeqEvent::InOrder);
+        assert_eq!(t.observe(3, 0), SeqEvent::InOrder, "wraps");
+    }
+
+    #[test]
+    fn topics_are_filled() {
+        let payload = serde_cbor::value::to_value(serde_json::json!({"id": "s9", "n": 3})).unwrap();
+        assert_eq!(
+            topic_for("sensors/{sensor}/telemetry", "serial0", Some(7), &payload),
+            "sensors/7/telemetry"
+        );
+        assert_eq!(
+            topic_for("{source}/{id}/{n}/{missing}", "serial0", None, &payload),
+            "serial0/s9/3/_"
+        );
+    }
+}
