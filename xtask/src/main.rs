@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown"];
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// (command that must exist, Debian package that provides it)
-const APT_TOOLS: &[(&str, &str)] = &[("clang", "clang"), ("wasm-ld", "lld")];
+const APT_TOOLS: &[(&str, &str)] = &[("clang", "clang"), ("wasm-ld", "lld"), ("socat", "socat")];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();

@@ -98,7 +98,11 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         let rejected = m
             .rejected
             .lock()
-            .map(|r| format!("{r:?}"))
+            .map(|r| {
+                let mut kinds: Vec<String> = r.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                kinds.sort();
+                kinds.join(",")
+            })
             .unwrap_or_default();
         tracing::info!(
             source = %name,
