@@ -223,6 +223,9 @@ fn weir_frames_with_garbage_and_gaps() {
     );
 }
 
+/// A framing config, the bytes sent, and the (payload key, value) expected per record.
+type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, serde_json::Value)>);
+
 #[test]
 #[cfg_attr(qemu_user, ignore = "serial ioctls are not emulated by qemu-user")]
 fn text_and_length_prefixed_modes() {
@@ -232,7 +235,7 @@ fn text_and_length_prefixed_modes() {
     prefixed.extend([0, 2, 0xff, 0xff]); // malformed message, right length
     prefixed.extend([0, cbor.len() as u8]);
     prefixed.extend(&cbor);
-    let cases: [(&str, Vec<u8>, Vec<(&str, serde_json::Value)>); 4] = [
+    let cases: [Case<'_>; 4] = [
         (
             "{ mode = \"lines\", format = \"json\" }",
             b"{\"id\":\"s1\",\"v\":1}\r\n{oops\n{\"id\":\"s2\",\"v\":2}\n".to_vec(),
