@@ -6,11 +6,13 @@
 //! emulate: under `--cfg qemu_user` they are ignored, and they run natively
 //! and under full-system QEMU instead.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Serve;
 
 /// A socat pty pair: the device weir opens, and the end the test writes to.
 struct Pty {
@@ -50,78 +52,6 @@ impl Drop for Pty {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// `weir serve`, its stdout lines and stderr collected as they come.
-struct Serve {
-    child: Child,
-    lines: Arc<Mutex<Vec<serde_json::Value>>>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(config: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(String::new()));
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(serde_json::from_str(&line).unwrap());
-            }
-        });
-        let g = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                g.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Serve { child, lines, log }
-    }
-
-    /// Wait (bounded) until `n` output lines arrived; returns them all.
-    fn wait_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.lines.lock().unwrap().clone();
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Wait (bounded) until the log contains `needle`.
-    fn wait_log(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// SIGTERM, wait for a clean exit, return the log.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "weir serve exits cleanly on SIGTERM: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        self.log.lock().unwrap().clone()
     }
 }
 
@@ -349,19 +279,8 @@ fn a_device_that_disappears_is_waited_for_and_reopened() {
     // Plug it back in.
     let pty = Pty::new(dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while weir
-        .log
-        .lock()
-        .unwrap()
-        .matches("serial device is back")
-        .count()
-        < 2
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not reopened: {}",
-            weir.log.lock().unwrap()
-        );
+    while weir.log().matches("serial device is back").count() < 2 {
+        assert!(Instant::now() < deadline, "not reopened: {}", weir.log());
         std::thread::sleep(Duration::from_millis(20));
     }
     pty.write(b"{\"n\":2}\n");

@@ -13,7 +13,13 @@ use std::process::{Command, ExitCode};
 const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown"];
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// (command that must exist, Debian package that provides it)
-const APT_TOOLS: &[(&str, &str)] = &[("clang", "clang"), ("wasm-ld", "lld"), ("socat", "socat")];
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("clang", "clang"),
+    ("wasm-ld", "lld"),
+    ("socat", "socat"),
+    ("mosquitto", "mosquitto"),
+    ("mosquitto_pub", "mosquitto-clients"),
+];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();

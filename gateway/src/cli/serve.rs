@@ -14,9 +14,10 @@ use clap::Args;
 use super::{Failure, output};
 use crate::config::{Config, SourceConfig};
 use crate::pipeline::Runtime;
-use crate::record::Record;
 use crate::routing::Router;
+use crate::sources::mqtt::{self, MqttMetrics};
 use crate::sources::serial::{self, SerialMetrics};
+use crate::sources::{Ack, Item};
 
 /// Arguments of `weir serve`.
 #[derive(Args)]
@@ -32,26 +33,25 @@ pub struct ServeArgs {
 pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let cfg = Config::load(&args.config).map_err(Failure::refused)?;
     let mut router = Router::from_config(&cfg, &Runtime::new()).map_err(Failure::refused)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Record>(args.channel.max(1));
+    // TLS for MQTT uses rustls with the ring provider (smaller on ARM).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
 
     let worker = std::thread::Builder::new().name("pipelines".into()).spawn(
         move || -> std::io::Result<Router> {
             let mut stdout = BufWriter::new(std::io::stdout().lock());
-            let mut failed = None;
-            while let Some(rec) = rx.blocking_recv() {
-                router.dispatch(&rec, |name, out| {
-                    if failed.is_none() {
-                        failed = output::write_output(&mut stdout, name, out).err();
-                    }
-                });
-                if let Some(e) = failed.take() {
-                    return Err(e);
-                }
-                if rx.is_empty() {
+            // Acknowledgements wait until the output they cover is flushed.
+            let mut acks: Vec<Ack> = Vec::new();
+            while let Some(item) = rx.blocking_recv() {
+                let ack = handle(&mut router, item, &mut stdout)?;
+                acks.extend(ack);
+                if rx.is_empty() || acks.len() >= 256 {
                     stdout.flush()?;
+                    acks.drain(..).for_each(Ack::ack);
                 }
             }
             stdout.flush()?;
+            acks.drain(..).for_each(Ack::ack);
             Ok(router)
         },
     )?;
@@ -63,8 +63,20 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let metrics = rt.block_on(async {
         let mut tasks = Vec::new();
         let mut metrics = Vec::new();
+        let mut mqtt_metrics = Vec::new();
         for src in &cfg.sources {
             match src {
+                SourceConfig::Mqtt(m) => {
+                    let counters = Arc::new(MqttMetrics::default());
+                    mqtt_metrics.push((m.name.clone(), counters.clone()));
+                    let (m, id, tx, stop) = (
+                        m.clone(),
+                        cfg.gateway.id.clone(),
+                        tx.clone(),
+                        stopped.clone(),
+                    );
+                    tasks.push(tokio::spawn(mqtt::source::run(m, id, tx, counters, stop)));
+                }
                 SourceConfig::Serial(s) => {
                     let m = Arc::new(SerialMetrics::default());
                     metrics.push((s.name.clone(), m.clone()));
@@ -89,21 +101,14 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         for t in tasks {
             let _ = t.await;
         }
-        metrics
+        (metrics, mqtt_metrics)
     });
+    let (metrics, mqtt_metrics) = metrics;
     let router = worker
         .join()
         .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
     for (name, m) in metrics {
-        let rejected = m
-            .rejected
-            .lock()
-            .map(|r| {
-                let mut kinds: Vec<String> = r.iter().map(|(k, n)| format!("{k}={n}")).collect();
-                kinds.sort();
-                kinds.join(",")
-            })
-            .unwrap_or_default();
+        let rejected = kinds(&m.rejected);
         tracing::info!(
             source = %name,
             records = m.records.load(Relaxed),
@@ -116,9 +121,63 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             "source done"
         );
     }
+    for (name, m) in mqtt_metrics {
+        tracing::info!(
+            source = %name,
+            messages = m.messages.load(Relaxed),
+            records = m.records.load(Relaxed),
+            connects = m.connects.load(Relaxed),
+            outages = m.outages.load(Relaxed),
+            rejected = kinds(&m.rejected),
+            "source done"
+        );
+    }
     output::report(&router);
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// `kind=count,...`, sorted.
+fn kinds(counts: &std::sync::Mutex<std::collections::HashMap<&'static str, u64>>) -> String {
+    let Ok(counts) = counts.lock() else {
+        return String::new();
+    };
+    let mut kinds: Vec<String> = counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    kinds.sort();
+    kinds.join(",")
+}
+
+/// Run one item through the pipelines (or write it as a dead letter) and
+/// return its acknowledgement, to be sent once the output is flushed.
+fn handle(router: &mut Router, item: Item, out: &mut impl Write) -> std::io::Result<Option<Ack>> {
+    match item {
+        Item::Record { record, ack } => {
+            let mut failed = None;
+            router.dispatch(&record, |name, o| {
+                if failed.is_none() {
+                    failed = output::write_output(out, name, o).err();
+                }
+            });
+            failed.map_or(Ok(ack), Err)
+        }
+        Item::Rejected {
+            source,
+            topic,
+            kind,
+            error,
+            bytes,
+            ack,
+        } => {
+            let line = serde_json::json!({
+                "source": source,
+                "topic": topic,
+                "dead_letter": { "stage": "source", "kind": kind, "error": error },
+                "payload_bytes": bytes,
+            });
+            writeln!(out, "{line}")?;
+            Ok(ack)
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -120,6 +120,8 @@ impl LimitsConfig {
 pub enum SourceConfig {
     /// A serial line.
     Serial(crate::sources::serial::SerialConfig),
+    /// An MQTT broker.
+    Mqtt(crate::sources::mqtt::MqttConfig),
 }
 
 impl SourceConfig {
@@ -127,6 +129,7 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Serial(s) => &s.name,
+            SourceConfig::Mqtt(m) => &m.name,
         }
     }
 }
@@ -254,6 +257,7 @@ impl Config {
             }
             match src {
                 SourceConfig::Serial(s) => self.check_serial(&at, s)?,
+                SourceConfig::Mqtt(m) => self.check_mqtt(&at, m)?,
             }
         }
         let mut names = HashSet::new();
@@ -340,6 +344,57 @@ impl Config {
             && !matches!(width, 1 | 2 | 4)
         {
             return Err(self.err(format!("{at}.framing.width"), "must be 1, 2 or 4"));
+        }
+        Ok(())
+    }
+
+    fn check_mqtt(
+        &self,
+        at: &str,
+        m: &crate::sources::mqtt::MqttConfig,
+    ) -> Result<(), ConfigError> {
+        if m.host.is_empty() {
+            return Err(self.err(format!("{at}.host"), "must name a broker"));
+        }
+        if !matches!(m.version, 4 | 5) {
+            return Err(self.err(format!("{at}.version"), "must be 4 (MQTT 3.1.1) or 5"));
+        }
+        if m.subscribe.is_empty() {
+            return Err(self.err(format!("{at}.subscribe"), "needs at least one subscription"));
+        }
+        for (i, s) in m.subscribe.iter().enumerate() {
+            if let Err(why) = crate::routing::valid_filter(&s.filter) {
+                return Err(self.err(
+                    format!("{at}.subscribe[{i}].filter"),
+                    format!("`{}`: {why}", s.filter),
+                ));
+            }
+            if s.qos > 2 {
+                return Err(self.err(format!("{at}.subscribe[{i}].qos"), "must be 0, 1 or 2"));
+            }
+        }
+        if let Some(p) = &m.topic_fields
+            && let Err(why) = crate::sources::mqtt::convert::TopicFields::parse(p)
+        {
+            return Err(self.err(format!("{at}.topic_fields"), why));
+        }
+        if let Some(tls) = &m.tls {
+            for (key, path) in [
+                ("ca", Some(&tls.ca)),
+                ("cert", tls.cert.as_ref()),
+                ("key", tls.key.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !Path::new(path).is_file()
+                {
+                    return Err(
+                        self.err(format!("{at}.tls.{key}"), format!("no such file: {path}"))
+                    );
+                }
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(self.err(format!("{at}.tls"), "`cert` and `key` go together"));
+            }
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use tokio_serial::SerialPortBuilderExt;
 
 use super::framing::{DEFAULT_MAX_MESSAGE, Deframer, Framing, Message};
 use crate::record::{Record, now_ms};
+use crate::sources::item::Item;
 
 /// `[[source]] type = "serial"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -231,7 +232,7 @@ fn builder(cfg: &SerialConfig) -> tokio_serial::SerialPortBuilder {
 /// Read the device until `shutdown` resolves, reopening it whenever it fails.
 pub async fn run(
     cfg: SerialConfig,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Item>,
     metrics: Arc<SerialMetrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -302,7 +303,7 @@ pub async fn run(
 fn deliver(
     cfg: &SerialConfig,
     msg: Message,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<Item>,
     metrics: &SerialMetrics,
     seqs: &mut SeqTracker,
 ) {
@@ -331,7 +332,7 @@ fn deliver(
         headers,
         payload: msg.payload,
     };
-    match tx.try_send(record) {
+    match tx.try_send(Item::Record { record, ack: None }) {
         Ok(()) => {
             metrics.records.fetch_add(1, Relaxed);
         }

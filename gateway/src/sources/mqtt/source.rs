@@ -1,0 +1,436 @@
+//! The MQTT source's I/O (rumqttc): connect with a stable client id and a
+//! persistent session, subscribe, turn messages into records, hand them on
+//! (waiting when the pipelines are busy: backpressure reaches the broker as
+//! unacknowledged in-flight messages) and acknowledge each QoS 1/2 message
+//! only once the pipeline thread has handled it. Reconnects with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use super::convert::{PayloadFormat, TopicFields, decode_payload, to_record};
+use crate::config::ByteSize;
+use crate::record::now_ms;
+use crate::sources::item::{Ack, Item};
+
+/// `[[source]] type = "mqtt"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port (default 1883, or 8883 with `tls`).
+    pub port: Option<u16>,
+    /// MQTT protocol: 4 (3.1.1) or 5.
+    #[serde(default = "default_version")]
+    pub version: u8,
+    /// Client id; stable across restarts so the session persists.
+    /// Default: `weir-<gateway id>-<source name>`.
+    pub client_id: Option<String>,
+    /// Start a clean session (drops messages queued while away). Default false.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT 5: how long the broker keeps the session after a disconnect, seconds.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry: u32,
+    /// Keep-alive, seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: u64,
+    /// Most unacknowledged QoS 1/2 messages in flight.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Subscriptions.
+    pub subscribe: Vec<Subscription>,
+    /// Payload format.
+    #[serde(default)]
+    pub payload: PayloadFormat,
+    /// Largest payload accepted.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: ByteSize,
+    /// Topic pattern whose `{name}` segments become payload fields, e.g.
+    /// `sensors/{id}/telemetry`.
+    pub topic_fields: Option<String>,
+    /// Send malformed messages to dead-letter (else they are counted, logged
+    /// and dropped).
+    #[serde(default)]
+    pub dead_letter: bool,
+    /// User name and password.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// TLS: CA, and client certificate and key for mTLS (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// One subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Topic filter (wildcards allowed).
+    pub filter: String,
+    /// QoS 0, 1 or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate(s) that sign the broker's certificate.
+    pub ca: String,
+    /// Client certificate (mTLS).
+    pub cert: Option<String>,
+    /// Client private key (mTLS).
+    pub key: Option<String>,
+}
+
+fn default_version() -> u8 {
+    5
+}
+fn default_session_expiry() -> u32 {
+    86_400
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_max_payload() -> ByteSize {
+    ByteSize(256 << 10)
+}
+
+/// Counters of one MQTT source.
+#[derive(Debug, Default)]
+pub struct MqttMetrics {
+    /// Messages received.
+    pub messages: AtomicU64,
+    /// Records handed to the pipelines.
+    pub records: AtomicU64,
+    /// Connections made (1 + reconnects).
+    pub connects: AtomicU64,
+    /// Times the broker was lost or unreachable.
+    pub outages: AtomicU64,
+    /// Malformed messages, by kind.
+    pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
+}
+
+/// A message in version-independent form.
+struct Message {
+    topic: String,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+    ack: Option<Ack>,
+}
+
+struct Handler {
+    cfg: MqttConfig,
+    fields: Option<TopicFields>,
+    tx: mpsc::Sender<Item>,
+    metrics: Arc<MqttMetrics>,
+}
+
+impl Handler {
+    /// Hand one message on; false when the pipelines are gone.
+    async fn handle(&self, m: Message) -> bool {
+        self.metrics.messages.fetch_add(1, Relaxed);
+        let item = match decode_payload(
+            &m.payload,
+            self.cfg.payload,
+            self.cfg.max_payload.0 as usize,
+        ) {
+            Ok(payload) => {
+                self.metrics.records.fetch_add(1, Relaxed);
+                let record = to_record(
+                    &self.cfg.name,
+                    &m.topic,
+                    payload,
+                    self.fields.as_ref(),
+                    m.headers,
+                    now_ms(),
+                );
+                Item::Record { record, ack: m.ack }
+            }
+            Err(e) => {
+                if let Ok(mut r) = self.metrics.rejected.lock() {
+                    *r.entry(e.kind()).or_default() += 1;
+                }
+                tracing::warn!(source = %self.cfg.name, topic = %m.topic, error = %e, "malformed MQTT message");
+                if !self.cfg.dead_letter {
+                    if let Some(ack) = m.ack {
+                        ack.ack();
+                    }
+                    return true;
+                }
+                Item::Rejected {
+                    source: self.cfg.name.clone(),
+                    topic: m.topic,
+                    kind: e.kind(),
+                    error: e.to_string(),
+                    bytes: m.payload,
+                    ack: m.ack,
+                }
+            }
+        };
+        self.tx.send(item).await.is_ok()
+    }
+}
+
+/// The client id a source uses.
+pub fn client_id(cfg: &MqttConfig, gateway_id: &str) -> String {
+    cfg.client_id
+        .clone()
+        .unwrap_or_else(|| format!("weir-{gateway_id}-{}", cfg.name))
+}
+
+fn read_tls(tls: &TlsFiles) -> std::io::Result<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)> {
+    let ca = std::fs::read(&tls.ca)?;
+    let auth = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
+        _ => None,
+    };
+    Ok((ca, auth))
+}
+
+/// Run the source until `shutdown` fires.
+pub async fn run(
+    cfg: MqttConfig,
+    gateway_id: String,
+    tx: mpsc::Sender<Item>,
+    metrics: Arc<MqttMetrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let fields = cfg
+        .topic_fields
+        .as_deref()
+        .and_then(|p| TopicFields::parse(p).ok());
+    let tls = match cfg.tls.as_ref().map(read_tls).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(source = %cfg.name, error = %e, "cannot read the TLS files; the source stays down");
+            return;
+        }
+    };
+    let id = client_id(&cfg, &gateway_id);
+    let handler = Handler {
+        cfg,
+        fields,
+        tx,
+        metrics,
+    };
+    if handler.cfg.version == 4 {
+        v4::run(handler, id, tls, shutdown).await
+    } else {
+        v5::run(handler, id, tls, shutdown).await
+    }
+}
+
+type Tls = Option<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)>;
+
+/// Backoff and the log-once rule for connection trouble.
+struct Reconnect {
+    backoff: Duration,
+    down: bool,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Reconnect {
+            backoff: Duration::from_millis(200),
+            down: false,
+        }
+    }
+
+    fn connected(&mut self, h: &Handler, session_present: bool) {
+        h.metrics.connects.fetch_add(1, Relaxed);
+        let cfg = &h.cfg;
+        if std::mem::take(&mut self.down) {
+            tracing::info!(source = %cfg.name, host = %cfg.host, session_present, "MQTT broker is back");
+        } else {
+            tracing::info!(source = %cfg.name, host = %cfg.host, session_present, "MQTT connected");
+        }
+        self.backoff = Duration::from_millis(200);
+    }
+
+    async fn failed(
+        &mut self,
+        h: &Handler,
+        error: String,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if !self.down {
+            self.down = true;
+            h.metrics.outages.fetch_add(1, Relaxed);
+            tracing::warn!(source = %h.cfg.name, host = %h.cfg.host, error = %error,
+                "MQTT broker lost or unreachable; reconnecting with backoff");
+        }
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => false,
+            _ = shutdown.changed() => true,
+        };
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        stop
+    }
+}
+
+mod v4 {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, Transport};
+
+    use super::*;
+
+    pub(super) async fn run(h: Handler, id: String, tls: Tls, mut shutdown: watch::Receiver<bool>) {
+        let cfg = &h.cfg;
+        let port = cfg.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+        let mut opts = MqttOptions::new(id, cfg.host.clone(), port);
+        opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+            .set_clean_session(cfg.clean_session)
+            .set_manual_acks(true)
+            .set_inflight(cfg.inflight.max(1))
+            .set_max_packet_size(cfg.max_payload.0 as usize + 65_536, 65_536);
+        if let Some(user) = &cfg.username {
+            opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+        }
+        if let Some((ca, auth)) = tls {
+            opts.set_transport(Transport::tls(ca, auth, None));
+        }
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let filters: Vec<SubscribeFilter> = cfg
+            .subscribe
+            .iter()
+            .map(|s| {
+                SubscribeFilter::new(
+                    s.filter.clone(),
+                    rumqttc::qos(s.qos.min(2)).unwrap_or(QoS::AtLeastOnce),
+                )
+            })
+            .collect();
+        let mut rc = Reconnect::new();
+        loop {
+            let event = tokio::select! {
+                e = events.poll() => e,
+                _ = shutdown.changed() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    rc.connected(&h, ack.session_present);
+                    if let Err(e) = client.subscribe_many(filters.clone()).await {
+                        tracing::warn!(source = %cfg.name, error = %e, "subscribe failed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                        let (c, p) = (client.clone(), p.clone());
+                        Ack::new(move || drop(c.try_ack(&p)))
+                    });
+                    let topic = p.topic.clone();
+                    let m = Message {
+                        topic,
+                        payload: p.payload.to_vec(),
+                        headers: BTreeMap::new(),
+                        ack,
+                    };
+                    if !h.handle(m).await {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if rc.failed(&h, e.to_string(), &mut shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+    }
+}
+
+mod v5 {
+    use rumqttc::Transport;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    use super::*;
+
+    pub(super) async fn run(h: Handler, id: String, tls: Tls, mut shutdown: watch::Receiver<bool>) {
+        let cfg = &h.cfg;
+        let port = cfg.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+        let mut opts = MqttOptions::new(id, cfg.host.clone(), port);
+        opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+            .set_clean_start(cfg.clean_session)
+            .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
+            .set_manual_acks(true)
+            .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
+        if let Some(user) = &cfg.username {
+            opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+        }
+        if let Some((ca, auth)) = tls {
+            opts.set_transport(Transport::tls(ca, auth, None));
+        }
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let filters: Vec<Filter> = cfg
+            .subscribe
+            .iter()
+            .map(|s| {
+                Filter::new(
+                    s.filter.clone(),
+                    rumqttc::v5::mqttbytes::qos(s.qos.min(2)).unwrap_or(QoS::AtLeastOnce),
+                )
+            })
+            .collect();
+        let mut rc = Reconnect::new();
+        loop {
+            let event = tokio::select! {
+                e = events.poll() => e,
+                _ = shutdown.changed() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    rc.connected(&h, ack.session_present);
+                    if let Err(e) = client.subscribe_many(filters.clone()).await {
+                        tracing::warn!(source = %cfg.name, error = %e, "subscribe failed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                        let (c, p) = (client.clone(), p.clone());
+                        Ack::new(move || drop(c.try_ack(&p)))
+                    });
+                    let headers = p
+                        .properties
+                        .as_ref()
+                        .map(|props| props.user_properties.iter().cloned().collect())
+                        .unwrap_or_default();
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let m = Message {
+                        topic,
+                        payload: p.payload.to_vec(),
+                        headers,
+                        ack,
+                    };
+                    if !h.handle(m).await {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if rc.failed(&h, e.to_string(), &mut shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+    }
+}
