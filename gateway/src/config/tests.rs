@@ -52,7 +52,9 @@ fn sources_and_routes_load() {
         "sources = [\"serial0\"]\ntopics = [\"sensors/+/telemetry\"]",
     );
     let cfg = parse(dir.path(), &text).unwrap();
-    let SourceConfig::Serial(s) = &cfg.sources[0];
+    let SourceConfig::Serial(s) = &cfg.sources[0] else {
+        panic!("a serial source")
+    };
     assert_eq!(
         (s.name.as_str(), s.baud, s.stop_bits, s.data_bits),
         ("serial0", 9600, 2, 8)

@@ -95,6 +95,14 @@ impl Serve {
     }
 }
 
+impl Drop for Serve {
+    /// A test that fails before `stop` must not leave weir running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

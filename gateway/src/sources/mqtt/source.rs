@@ -193,7 +193,10 @@ pub fn client_id(cfg: &MqttConfig, gateway_id: &str) -> String {
         .unwrap_or_else(|| format!("weir-{gateway_id}-{}", cfg.name))
 }
 
-fn read_tls(tls: &TlsFiles) -> std::io::Result<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)> {
+/// PEM bytes: the CA, and the client certificate and key if any.
+type TlsMaterial = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+
+fn read_tls(tls: &TlsFiles) -> std::io::Result<TlsMaterial> {
     let ca = std::fs::read(&tls.ca)?;
     let auth = match (&tls.cert, &tls.key) {
         (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
@@ -235,7 +238,7 @@ pub async fn run(
     }
 }
 
-type Tls = Option<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)>;
+type Tls = Option<TlsMaterial>;
 
 /// Backoff and the log-once rule for connection trouble.
 struct Reconnect {
