@@ -212,3 +212,23 @@ fn weir_rides_out_a_broker_restart() {
     let log = weir.stop();
     assert!(log.contains("outages=1"), "{log}");
 }
+
+/// Regression: acknowledgements are released in batches after the output
+/// is flushed; none may be dropped, or the broker's in-flight window fills
+/// and delivery stalls. 3,000 QoS 1 messages is far beyond one batch and
+/// any queue size involved.
+#[test]
+fn a_long_qos1_stream_keeps_flowing_and_every_ack_goes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), free_port());
+    for (version, cli) in VERSIONS {
+        let weir = Serve::start(&config(dir.path(), broker.port, version, 1, None));
+        assert!(weir.wait_log("MQTT connected"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        broker.publish(cli, 1, "sensors/s9/telemetry", &numbered(0..3000), &[]);
+        let got = weir.wait_lines(3000);
+        assert_eq!(ns(&got), (0..3000).collect::<Vec<_>>(), "v{version}");
+        let log = weir.stop();
+        assert!(log.contains("ack_failures=0"), "v{version}: {log}");
+    }
+}

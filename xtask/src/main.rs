@@ -170,5 +170,8 @@ fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
     run(cargo()
         .current_dir(root)
         .args(["bench", "-p", "weir-benches"])
-        .args(rest))
+        .args(rest))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["bench", "-p", "weir", "--bench", "mqtt_ingest"]))
 }

@@ -5,8 +5,8 @@
 //! (`weir_abi_v1`, `weir_alloc`, `weir_transform`, `weir_init`). The ABI itself
 //! is defined in `firmware-sdk/ABI.md`; this crate is one way to speak it.
 //!
-//! ```ignore
-//! #![no_std]
+//! ```
+//! // In a module crate this file starts with #![no_std].
 //! use weir_guest::{Action, Error, Record, Value};
 //!
 //! pub fn transform(rec: &mut Record<'_>) -> Result<Action, Error> {

@@ -2,8 +2,10 @@
 //! (`input_get`) and emit the input with a patch (`emit_input`), so the module
 //! never scans or re-encodes the record itself.
 //!
-//! ```ignore
-//! fn transform(input: &Input, out: &mut Patch) -> Result<Action, Error> {
+//! ```
+//! use weir_guest::{Action, Error, Input, Patch, Value};
+//!
+//! fn transform(input: &Input<'_>, out: &mut Patch) -> Result<Action, Error> {
 //!     let t = input.f64("temp_c").ok_or(Error::Transform)?;
 //!     out.set("temp_f", Value::Float(t * 1.8 + 32.0))?;
 //!     Ok(Action::Emit)

@@ -128,6 +128,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             records = m.records.load(Relaxed),
             connects = m.connects.load(Relaxed),
             outages = m.outages.load(Relaxed),
+            ack_failures = m.ack_failures.load(Relaxed),
             rejected = kinds(&m.rejected),
             "source done"
         );

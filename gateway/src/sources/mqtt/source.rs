@@ -42,7 +42,8 @@ pub struct MqttConfig {
     /// Keep-alive, seconds.
     #[serde(default = "default_keep_alive")]
     pub keep_alive: u64,
-    /// Most unacknowledged QoS 1/2 messages in flight.
+    /// Most unacknowledged QoS 1/2 messages in flight (announced to MQTT 5
+    /// brokers as the receive maximum).
     #[serde(default = "default_inflight")]
     pub inflight: u16,
     /// Subscriptions.
@@ -121,8 +122,38 @@ pub struct MqttMetrics {
     pub connects: AtomicU64,
     /// Times the broker was lost or unreachable.
     pub outages: AtomicU64,
+    /// Acknowledgements that arrived after the source stopped (the broker
+    /// redelivers those messages: duplicates, never loss).
+    pub ack_failures: Arc<AtomicU64>,
     /// Malformed messages, by kind.
     pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
+}
+
+/// Capacity of the client's request queue.
+///
+/// Acknowledgements come back from the pipeline thread over an unbounded
+/// channel to the source task, which moves them into this queue with
+/// `try_ack` and keeps what does not fit for the next round (after `poll`
+/// has drained the queue): none is dropped, and the event loop never waits
+/// on itself. There are never more pending than messages in flight, which
+/// `inflight` bounds (MQTT 5: the receive maximum we announce; 3.1.1: the
+/// broker's in-flight limit).
+fn request_capacity(inflight: u16) -> usize {
+    (usize::from(inflight) * 2).max(1024)
+}
+
+/// An acknowledgement that counts a failure instead of losing it silently.
+fn acker(
+    failures: &Arc<AtomicU64>,
+    name: &str,
+    send: impl FnOnce() -> bool + Send + 'static,
+) -> Ack {
+    let (failures, name) = (failures.clone(), name.to_owned());
+    Ack::new(move || {
+        if !send() && failures.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(source = %name, "an MQTT acknowledgement could not be queued; the broker will redeliver");
+        }
+    })
 }
 
 /// A message in version-independent form.
@@ -306,7 +337,7 @@ mod v4 {
         if let Some((ca, auth)) = tls {
             opts.set_transport(Transport::tls(ca, auth, None));
         }
-        let (client, mut events) = AsyncClient::new(opts, 64);
+        let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
         let filters: Vec<SubscribeFilter> = cfg
             .subscribe
             .iter()
@@ -318,9 +349,23 @@ mod v4 {
             })
             .collect();
         let mut rc = Reconnect::new();
+        let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut pending = std::collections::VecDeque::new();
         loop {
+            // Move acknowledgements into the client's queue; what does not
+            // fit waits until poll() has drained it.
+            while let Some(p) = pending.pop_front() {
+                if client.try_ack(&p).is_err() {
+                    pending.push_front(p);
+                    break;
+                }
+            }
             let event = tokio::select! {
                 e = events.poll() => e,
+                Some(p) = acks_rx.recv() => {
+                    pending.push_back(p);
+                    continue;
+                }
                 _ = shutdown.changed() => break,
             };
             match event {
@@ -332,8 +377,10 @@ mod v4 {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let (c, p) = (client.clone(), p.clone());
-                        Ack::new(move || drop(c.try_ack(&p)))
+                        let (tx, p) = (acks_tx.clone(), p.clone());
+                        acker(&h.metrics.ack_failures, &cfg.name, move || {
+                            tx.send(p).is_ok()
+                        })
                     });
                     let topic = p.topic.clone();
                     let m = Message {
@@ -374,6 +421,7 @@ mod v5 {
             .set_clean_start(cfg.clean_session)
             .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
             .set_manual_acks(true)
+            .set_receive_maximum(Some(cfg.inflight.max(1)))
             .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
         if let Some(user) = &cfg.username {
             opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
@@ -381,7 +429,7 @@ mod v5 {
         if let Some((ca, auth)) = tls {
             opts.set_transport(Transport::tls(ca, auth, None));
         }
-        let (client, mut events) = AsyncClient::new(opts, 64);
+        let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
         let filters: Vec<Filter> = cfg
             .subscribe
             .iter()
@@ -393,9 +441,23 @@ mod v5 {
             })
             .collect();
         let mut rc = Reconnect::new();
+        let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut pending = std::collections::VecDeque::new();
         loop {
+            // Move acknowledgements into the client's queue; what does not
+            // fit waits until poll() has drained it.
+            while let Some(p) = pending.pop_front() {
+                if client.try_ack(&p).is_err() {
+                    pending.push_front(p);
+                    break;
+                }
+            }
             let event = tokio::select! {
                 e = events.poll() => e,
+                Some(p) = acks_rx.recv() => {
+                    pending.push_back(p);
+                    continue;
+                }
                 _ = shutdown.changed() => break,
             };
             match event {
@@ -407,8 +469,10 @@ mod v5 {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let (c, p) = (client.clone(), p.clone());
-                        Ack::new(move || drop(c.try_ack(&p)))
+                        let (tx, p) = (acks_tx.clone(), p.clone());
+                        acker(&h.metrics.ack_failures, &cfg.name, move || {
+                            tx.send(p).is_ok()
+                        })
                     });
                     let headers = p
                         .properties
