@@ -232,3 +232,188 @@ fn a_long_qos1_stream_keeps_flowing_and_every_ack_goes_out() {
         assert!(log.contains("ack_failures=0"), "v{version}: {log}");
     }
 }
+
+/// Make a CA, a server certificate for 127.0.0.1 and a client certificate
+/// with openssl (EC P-256), in `dir`; a second, unrelated CA as `other-ca.pem`.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=weir-test-ca"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem]);
+        run(&args);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "weir-gateway")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={cn}");
+        let mut args = vec!["req", "-subj", &subj];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr]);
+        run(&args);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+    }
+    // mosquitto started as root drops to its own user, which must be able to
+    // reach and read these throwaway, test-only keys.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for key in ["server.key", "client.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d);
+    let port = free_port();
+    let conf = d.join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let broker_log = std::fs::File::create(d.join("mosquitto.log")).unwrap();
+    let mut broker = std::process::Command::new("mosquitto")
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(broker_log.try_clone().unwrap())
+        .stderr(broker_log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if broker.try_wait().unwrap().is_some() {
+            let log = std::fs::read_to_string(d.join("mosquitto.log")).unwrap();
+            panic!("mosquitto refused the TLS config: {log}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cfg = |ca: &str, client: bool| {
+        let auth = if client {
+            format!(
+                ", cert = \"{0}/client.pem\", key = \"{0}/client.key\"",
+                d.display()
+            )
+        } else {
+            String::new()
+        };
+        let text = std::fs::read_to_string(config(d, port, 5, 1, None))
+            .unwrap()
+            .replace(
+                "dead_letter = true",
+                &format!(
+                    "dead_letter = true\ntls = {{ ca = \"{}/{ca}\"{auth} }}",
+                    d.display()
+                ),
+            );
+        let path = d.join(format!("tls-{ca}-{client}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // The right CA and a client certificate: messages flow.
+    let weir = Serve::start(&cfg("ca.pem", true));
+    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let publish = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "sensors/s1/telemetry",
+            "-m",
+            "{\"n\":1}",
+        ])
+        .args([
+            "--cafile",
+            &format!("{}/ca.pem", d.display()),
+            "--cert",
+            &format!("{}/client.pem", d.display()),
+            "--key",
+            &format!("{}/client.key", d.display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(publish.success());
+    assert_eq!(ns(&weir.wait_lines(1)), [1]);
+    weir.stop();
+    // A CA that did not sign the broker's certificate: refused, clearly, and weir keeps running.
+    let weir = Serve::start(&cfg("other-ca.pem", true));
+    assert!(
+        weir.wait_log("MQTT broker lost or unreachable"),
+        "{}",
+        weir.log()
+    );
+    let log = weir.stop();
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "the error says why: {log}"
+    );
+    // No client certificate: the broker refuses the connection.
+    let weir = Serve::start(&cfg("ca.pem", false));
+    assert!(
+        weir.wait_log("MQTT broker lost or unreachable"),
+        "{}",
+        weir.log()
+    );
+    assert!(!weir.log().contains("MQTT connected"));
+    weir.stop();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

@@ -290,10 +290,19 @@ pub async fn run(
             deframer.push(&buf[..n], &mut |r| match r {
                 Ok(msg) => deliver(&cfg, msg, &tx, &metrics, &mut seqs),
                 Err(e) => {
-                    if let Ok(mut m) = metrics.rejected.lock() {
-                        *m.entry(e.kind()).or_default() += 1;
+                    let first = metrics.rejected.lock().is_ok_and(|mut m| {
+                        let n = m.entry(e.kind()).or_default();
+                        *n += 1;
+                        *n == 1
+                    });
+                    // The first rejection of each kind is a warning; a noisy
+                    // line then logs at debug level, and everything is counted.
+                    if first {
+                        tracing::warn!(source = %cfg.name, path = %cfg.path, error = %e,
+                            "serial input rejected (further rejections of this kind are logged at debug level and counted)");
+                    } else {
+                        tracing::debug!(source = %cfg.name, error = %e, "serial input rejected");
                     }
-                    tracing::debug!(source = %cfg.name, error = %e, "serial input rejected");
                 }
             });
         }
