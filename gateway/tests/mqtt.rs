@@ -417,3 +417,46 @@ fn tls_with_client_certificates() {
     let _ = broker.kill();
     let _ = broker.wait();
 }
+
+/// Backpressure: a slow stage and a channel of one record. The MQTT source
+/// waits instead of dropping; unacknowledged messages stay with the broker;
+/// every QoS 1 message arrives, in order.
+#[test]
+fn a_slow_pipeline_slows_the_source_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.wasm");
+    let wat = r#"(module
+        (import "weir" "emit" (func $emit (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "weir_abi_v1"))
+        (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "weir_transform") (param $ptr i32) (param $len i32) (result i32)
+            (local $i i32) (local.set $i (i32.const 20000))
+            (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i)))
+            (drop (call $emit (local.get $ptr) (local.get $len)))
+            (i32.const 0)))"#;
+    std::fs::write(&slow, wat::parse_str(wat).unwrap()).unwrap();
+    let pipeline = format!(
+        "\n[[pipeline]]\nname = \"slow\"\n  [[pipeline.stage]]\n  name = \"busy\"\n  module = {:?}\n  limits = {{ fuel = 10_000_000 }}\n",
+        slow.display().to_string()
+    );
+    let broker = Mosquitto::start(dir.path(), free_port());
+    let weir = Serve::start_with(
+        &config(dir.path(), broker.port, 5, 1, Some(&pipeline)),
+        &["--channel", "1"],
+    );
+    assert!(weir.wait_log("MQTT connected"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    broker.publish("mqttv5", 1, "sensors/s4/telemetry", &numbered(0..300), &[]);
+    let got = weir.wait_lines(300);
+    let order: Vec<u64> = got
+        .iter()
+        .filter_map(|l| l["payload"]["n"].as_u64())
+        .collect();
+    assert_eq!(order, (0..300).collect::<Vec<_>>(), "all of them, in order");
+    let log = weir.stop();
+    assert!(
+        log.contains("messages=300 records=300") && log.contains("ack_failures=0"),
+        "{log}"
+    );
+}

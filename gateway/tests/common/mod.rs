@@ -16,8 +16,14 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(config: &Path) -> Serve {
+        Serve::start_with(config, &[])
+    }
+
+    /// Start with extra arguments for `weir serve`.
+    pub fn start_with(config: &Path, extra: &[&str]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["serve", "--config", config.to_str().unwrap()])
+            .args(extra)
             .env("WEIR_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
