@@ -185,7 +185,11 @@ impl JsonInput {
         }
         Ok(Record {
             source: self.source.clone(),
-            topic: fill_template(&self.topic_template, obj),
+            topic: fill_template(&self.topic_template, |key| match obj.get(key) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(v @ serde_json::Value::Number(_)) => Some(v.to_string()),
+                _ => None,
+            }),
             ts: now_ms,
             headers: BTreeMap::new(),
             payload: json_to_cbor(&v),
@@ -193,8 +197,8 @@ impl JsonInput {
     }
 }
 
-/// Replace `{field}` in `template` with the payload's field (text or number).
-fn fill_template(template: &str, obj: &serde_json::Map<String, serde_json::Value>) -> String {
+/// Replace `{name}` in `template` with `lookup(name)`, or `_` when it has none.
+pub fn fill_template(template: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(template.len() + 8);
     let mut rest = template;
     while let Some(start) = rest.find('{') {
@@ -202,11 +206,9 @@ fn fill_template(template: &str, obj: &serde_json::Map<String, serde_json::Value
             break;
         };
         out.push_str(&rest[..start]);
-        let key = &rest[start + 1..start + len];
-        match obj.get(key) {
-            Some(serde_json::Value::String(s)) => out.push_str(s),
-            Some(v @ serde_json::Value::Number(_)) => out.push_str(&v.to_string()),
-            _ => out.push('_'),
+        match lookup(&rest[start + 1..start + len]) {
+            Some(v) => out.push_str(&v),
+            None => out.push('_'),
         }
         rest = &rest[start + len + 1..];
     }

@@ -156,6 +156,48 @@ fn acker(
     })
 }
 
+/// Acknowledgements on their way from the pipeline thread into the client's
+/// request queue (see [`request_capacity`]).
+struct AckQueue<P> {
+    tx: mpsc::UnboundedSender<P>,
+    rx: mpsc::UnboundedReceiver<P>,
+    pending: std::collections::VecDeque<P>,
+}
+
+impl<P> AckQueue<P> {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        AckQueue {
+            tx,
+            rx,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Where the pipeline thread sends acknowledgements.
+    fn sender(&self) -> mpsc::UnboundedSender<P> {
+        self.tx.clone()
+    }
+
+    /// Move pending acknowledgements into the client; what does not fit
+    /// waits until `poll()` has drained the client's queue.
+    fn flush(&mut self, mut try_ack: impl FnMut(&P) -> bool) {
+        while let Some(p) = self.pending.pop_front() {
+            if !try_ack(&p) {
+                self.pending.push_front(p);
+                break;
+            }
+        }
+    }
+
+    /// Wait for the next acknowledgement from the pipeline thread.
+    async fn recv(&mut self) {
+        if let Some(p) = self.rx.recv().await {
+            self.pending.push_back(p);
+        }
+    }
+}
+
 /// A message in version-independent form.
 struct Message {
     topic: String,
@@ -349,23 +391,12 @@ mod v4 {
             })
             .collect();
         let mut rc = Reconnect::new();
-        let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut pending = std::collections::VecDeque::new();
+        let mut acks = AckQueue::new();
         loop {
-            // Move acknowledgements into the client's queue; what does not
-            // fit waits until poll() has drained it.
-            while let Some(p) = pending.pop_front() {
-                if client.try_ack(&p).is_err() {
-                    pending.push_front(p);
-                    break;
-                }
-            }
+            acks.flush(|p| client.try_ack(p).is_ok());
             let event = tokio::select! {
                 e = events.poll() => e,
-                Some(p) = acks_rx.recv() => {
-                    pending.push_back(p);
-                    continue;
-                }
+                _ = acks.recv() => continue,
                 _ = shutdown.changed() => break,
             };
             match event {
@@ -377,7 +408,7 @@ mod v4 {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let (tx, p) = (acks_tx.clone(), p.clone());
+                        let (tx, p) = (acks.sender(), p.clone());
                         acker(&h.metrics.ack_failures, &cfg.name, move || {
                             tx.send(p).is_ok()
                         })
@@ -441,23 +472,12 @@ mod v5 {
             })
             .collect();
         let mut rc = Reconnect::new();
-        let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut pending = std::collections::VecDeque::new();
+        let mut acks = AckQueue::new();
         loop {
-            // Move acknowledgements into the client's queue; what does not
-            // fit waits until poll() has drained it.
-            while let Some(p) = pending.pop_front() {
-                if client.try_ack(&p).is_err() {
-                    pending.push_front(p);
-                    break;
-                }
-            }
+            acks.flush(|p| client.try_ack(p).is_ok());
             let event = tokio::select! {
                 e = events.poll() => e,
-                Some(p) = acks_rx.recv() => {
-                    pending.push_back(p);
-                    continue;
-                }
+                _ = acks.recv() => continue,
                 _ = shutdown.changed() => break,
             };
             match event {
@@ -469,7 +489,7 @@ mod v5 {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let (tx, p) = (acks_tx.clone(), p.clone());
+                        let (tx, p) = (acks.sender(), p.clone());
                         acker(&h.metrics.ack_failures, &cfg.name, move || {
                             tx.send(p).is_ok()
                         })

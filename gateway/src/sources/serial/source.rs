@@ -166,40 +166,25 @@ impl SeqTracker {
     }
 }
 
-/// Fill `{source}`, `{sensor}` and `{field}` in a topic template.
+/// Fill `{source}`, `{sensor}` and `{field}` (a payload field) in a topic template.
 pub fn topic_for(
     template: &str,
     source: &str,
     sensor: Option<u32>,
     payload: &serde_cbor::Value,
 ) -> String {
-    let mut out = String::with_capacity(template.len() + 16);
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else {
-            break;
-        };
-        out.push_str(&rest[..start]);
-        let key = &rest[start + 1..start + len];
-        match key {
-            "source" => out.push_str(source),
-            "sensor" => match sensor {
-                Some(id) => out.push_str(&id.to_string()),
-                None => out.push('_'),
+    crate::record::fill_template(template, |key| match key {
+        "source" => Some(source.to_owned()),
+        "sensor" => sensor.map(|id| id.to_string()),
+        field => match payload {
+            serde_cbor::Value::Map(m) => match m.get(&serde_cbor::Value::Text(field.into()))? {
+                serde_cbor::Value::Text(s) => Some(s.clone()),
+                serde_cbor::Value::Integer(i) => Some(i.to_string()),
+                _ => None,
             },
-            field => match payload {
-                serde_cbor::Value::Map(m) => match m.get(&serde_cbor::Value::Text(field.into())) {
-                    Some(serde_cbor::Value::Text(s)) => out.push_str(s),
-                    Some(serde_cbor::Value::Integer(i)) => out.push_str(&i.to_string()),
-                    _ => out.push('_'),
-                },
-                _ => out.push('_'),
-            },
-        }
-        rest = &rest[start + len + 1..];
-    }
-    out.push_str(rest);
-    out
+            _ => None,
+        },
+    })
 }
 
 fn builder(cfg: &SerialConfig) -> tokio_serial::SerialPortBuilder {
