@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown"];
+/// wasm32 for guest modules; thumbv7em proves the firmware crates are no_std
+/// and need no allocator.
+const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown", "thumbv7em-none-eabihf"];
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// (command that must exist, Debian package that provides it)
 const APT_TOOLS: &[(&str, &str)] = &[
@@ -161,6 +163,19 @@ fn test(root: &Path) -> Result<(), String> {
         "--",
         "-D",
         "warnings",
+    ]))?;
+    // The firmware side builds for a microcontroller: no std, no allocator.
+    run(cargo().current_dir(root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "weir-wire",
+        "-p",
+        "weir-abi",
+        "--target",
+        "thumbv7em-none-eabihf",
+        "--target-dir",
+        "target/thumb",
     ]))?;
     run(cargo().current_dir(root).args(["test", "--workspace"]))
 }
