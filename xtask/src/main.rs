@@ -6,6 +6,8 @@
 //! - `demo`:    run the W1 pipeline over the bundled sample records.
 //! - `test`:    the full test suite (what CI runs): fmt, clippy, all tests.
 //! - `bench`:   the benchmarks, each printing a ratio against its baseline.
+//! - `cross`:   ARM builds (aarch64, armv7) with Debian's cross compilers,
+//!   their stripped sizes, and the test suites that run under qemu-user.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -33,7 +35,8 @@ fn main() -> ExitCode {
         "demo" => demo(&root, &rest),
         "test" => test(&root),
         "bench" => bench(&root, &rest),
-        _ => Err("usage: cargo xtask <setup|modules|demo|test|bench>".into()),
+        "cross" => cross(&root),
+        _ => Err("usage: cargo xtask <setup|modules|demo|test|bench|cross>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,38 +95,44 @@ fn setup() -> Result<(), String> {
             .args(["component", "add"])
             .args(&missing))?;
     }
-    let pkgs: Vec<&str> = APT_TOOLS
+    apt_install(APT_TOOLS)
+}
+
+/// Install with apt the packages of the tools that are missing (as root, or
+/// through sudo).
+fn apt_install(tools: &[(&str, &str)]) -> Result<(), String> {
+    let pkgs: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| !have(tool))
         .map(|(_, p)| *p)
         .collect();
-    if !pkgs.is_empty() {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let sudo: &[&str] = if root {
-            &[]
-        } else if have("sudo") {
-            &["sudo"]
-        } else {
-            return Err(format!(
-                "missing packages {pkgs:?}; install them with apt-get as root"
-            ));
-        };
-        let apt = |args: &[&str]| {
-            let mut all: Vec<&str> = sudo.to_vec();
-            all.extend_from_slice(args);
-            let mut c = Command::new(all[0]);
-            c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-            run(&mut c)
-        };
-        apt(&["apt-get", "update", "-qq"])?;
-        let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
-        args.extend(&pkgs);
-        apt(&args)?;
+    if pkgs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let sudo: &[&str] = if root {
+        &[]
+    } else if have("sudo") {
+        &["sudo"]
+    } else {
+        return Err(format!(
+            "missing packages {pkgs:?}; install them with apt-get as root"
+        ));
+    };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut c)
+    };
+    apt(&["apt-get", "update", "-qq"])?;
+    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&pkgs);
+    apt(&args)
 }
 
 fn modules(root: &Path) -> Result<std::path::PathBuf, String> {
@@ -178,6 +187,87 @@ fn test(root: &Path) -> Result<(), String> {
         "target/thumb",
     ]))?;
     run(cargo().current_dir(root).args(["test", "--workspace"]))
+}
+
+/// ARM targets and the Debian packages that build and run them.
+const CROSS: &[(&str, &str, &str)] = &[
+    (
+        "aarch64-unknown-linux-gnu",
+        "aarch64-linux-gnu",
+        "qemu-aarch64",
+    ),
+    (
+        "armv7-unknown-linux-gnueabihf",
+        "arm-linux-gnueabihf",
+        "qemu-arm",
+    ),
+];
+
+fn cross(root: &Path) -> Result<(), String> {
+    modules(root)?;
+    let targets: Vec<&str> = CROSS.iter().map(|(t, _, _)| *t).collect();
+    run(Command::new("rustup")
+        .args(["target", "add"])
+        .args(&targets))?;
+    apt_install(&[
+        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+        ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+        ("qemu-aarch64", "qemu-user"),
+    ])?;
+    let config = ["--config", "cross/config.toml"];
+    for (target, prefix, _) in CROSS {
+        run(cargo().current_dir(root).args(config).args([
+            "build",
+            "--release",
+            "-p",
+            "weir",
+            "--target",
+            target,
+        ]))?;
+        let built = root.join("target").join(target).join("release/weir");
+        let stripped = root.join("target").join(format!("weir-{target}.stripped"));
+        run(Command::new(format!("{prefix}-strip"))
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&built))?;
+        let size = std::fs::metadata(&stripped)
+            .map_err(|e| e.to_string())?
+            .len();
+        eprintln!(
+            "{target}: weir stripped {size} bytes ({:.1} MB)",
+            size as f64 / 1e6
+        );
+        // Library-level suites; those that spawn the weir binary or open
+        // serial ports need a real (or full-system emulated) ARM machine.
+        run(cargo()
+            .current_dir(root)
+            .args(config)
+            .args(["test", "--target", target])
+            .args([
+                "-p",
+                "weir-wire",
+                "-p",
+                "weir-abi",
+                "-p",
+                "weir-guest",
+                "-p",
+                "weir",
+                "--lib",
+            ]))?;
+        run(cargo().current_dir(root).args(config).args([
+            "test", "--target", target, "-p", "weir", "--test", "sandbox",
+        ]))?;
+        run(cargo().current_dir(root).args(config).args([
+            "test",
+            "--target",
+            target,
+            "-p",
+            "weir-tests",
+            "--test",
+            "w1",
+        ]))?;
+    }
+    Ok(())
 }
 
 fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
