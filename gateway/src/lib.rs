@@ -1,7 +1,8 @@
 //! # Weir: IoT gateway telemetry processor
 //!
-//! Records come in from sources, run through pipelines of sandboxed
-//! WebAssembly stages (wasmi, with fuel and memory limits), and go out to sinks.
+//! Records come in from sources (MQTT brokers, serial lines), run through
+//! pipelines of sandboxed WebAssembly stages (wasmi, with fuel and memory
+//! limits), and go out as JSON lines (durable sinks come next).
 //!
 //! # Layout
 //! - [`record`]: the record model, CBOR (ABI v1) and JSON conversions.
@@ -9,12 +10,13 @@
 //! - [`pipeline`]: the Wasm runtime and pipelines:
 //!   engine, module checks, host imports, stages (limits, quarantine), chains
 //!   (error policy).
-//! - [`sources`]: where records come from (serial lines).
+//! - [`sources`]: where records come from (MQTT, serial), and their acknowledgements.
 //! - [`routing`]: which records feed which pipeline (sources, topic filters).
 //! - [`cli`]: the `weir` command line, one file per subcommand.
 //!
 //! The guest side of the ABI lives in `firmware-sdk/` (`weir-abi`, `weir-guest`)
-//! and is specified in `firmware-sdk/ABI.md`.
+//! and is specified in `firmware-sdk/ABI.md`; the serial wire protocol is
+//! `firmware-sdk/wire` (`weir-wire`).
 
 pub mod cli;
 pub mod config;

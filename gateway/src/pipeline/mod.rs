@@ -1,9 +1,11 @@
 //! Pipelines: ordered chains of sandboxed Wasm stages.
 //!
-//! - [`engine`]: the shared wasmi engine (fuel on, eager compilation, strict parse limits).
+//! - [`engine`]: the shared wasmi engine (fuel on, full validation at load,
+//!   lazy translation at no fuel cost, strict parse limits).
 //! - [`module`]: compiling a module once, checking its exports and its imports
 //!   against the grants, and describing it (`weir module inspect`).
-//! - [`host`]: the host side of ABI v1 (emit, log, clock, state) and the per-store state.
+//! - [`host`]: the host side of ABI v1 (emit, input_get, emit_input, log, clock,
+//!   state) and the per-store state.
 //! - [`stage`]: one module at work: instances, limits, counters, quarantine.
 //! - [`chain`]: a pipeline: stages in order plus the error policy.
 //! - [`error`]: load and per-record errors, and their counter kinds.
