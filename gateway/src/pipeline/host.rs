@@ -1,7 +1,7 @@
 //! The host side of ABI v1: the functions a module may import, and the state
 //! each store carries. Host functions never panic and never trap: a bad
 //! argument returns a negative code *and* fails the record (the first such
-//! failure is kept in [`HostState::failure`]), so a guest that ignores the
+//! failure is kept in `HostState::failure`), so a guest that ignores the
 //! code cannot hide it.
 
 use std::collections::HashMap;
