@@ -646,3 +646,47 @@ fn input_get_and_emit_input_patch_the_payload() {
     assert_eq!(json, serde_json::json!({"temp_c": 21.5, "seq": 99}));
     assert_eq!((rec.topic.as_str(), rec.ts), ("sensors/s1/telemetry", 1));
 }
+
+#[test]
+fn guest_log_lines_over_the_budget_are_counted() {
+    // 20 lines in one record: 16 kept, 4 dropped, in reuse mode (no trap).
+    let imports = r#"(import "weir" "log" (func $log (param i32 i32 i32) (result i32)))"#;
+    let items = r#"(data (i32.const 0) "hi")"#;
+    let body = format!(
+        "(local $i i32) (local.set $i (i32.const 20)) \
+         (loop $l (drop (call $log (i32.const 3) (i32.const 0) (i32.const 2))) \
+         (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) {PASS}"
+    );
+    let mut s = stage_with(
+        &module(imports, items, &body),
+        &[Grant::Log],
+        Limits::default(),
+    )
+    .unwrap();
+    s.process(&record(1)).unwrap();
+    assert_eq!(s.logs_dropped(), 4);
+    s.process(&record(2)).unwrap();
+    assert_eq!(s.logs_dropped(), 8, "the budget is per record");
+}
+
+#[test]
+fn emit_input_respects_the_output_byte_limit() {
+    let imports = r#"(import "weir" "emit_input" (func $emit_input (param i32 i32) (result i32)))"#;
+    let body = "(drop (call $emit_input (i32.const 0) (i32.const 0))) (i32.const 0)";
+    let limits = Limits {
+        max_output_bytes: 50,
+        ..Limits::default()
+    };
+    let mut s = stage_with(&module(imports, "", body), &[], limits).unwrap();
+    assert!(record(1).len() > 50);
+    match failure(&mut s) {
+        StageError::HostCall {
+            call: "emit_input",
+            kind: FailureKind::TooLarge,
+            detail,
+        } => {
+            assert!(detail.contains("50 output bytes"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

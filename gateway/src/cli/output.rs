@@ -49,6 +49,18 @@ pub fn write_output(
     Ok(())
 }
 
+/// Run `rec` through the router and write every pipeline's output; the
+/// first write error stops the writing and is returned.
+pub fn dispatch_to(router: &mut Router, rec: &Record, w: &mut impl Write) -> std::io::Result<()> {
+    let mut failed = None;
+    router.dispatch(rec, |name, out| {
+        if failed.is_none() {
+            failed = write_output(w, name, out).err();
+        }
+    });
+    failed.map_or(Ok(()), Err)
+}
+
 /// Log every pipeline and stage counter once.
 pub fn report(router: &Router) {
     for p in router.pipelines() {
@@ -77,6 +89,7 @@ pub fn report(router: &Router) {
                 failed = sm.failed_total(),
                 failures = failures.join(","),
                 fuel_per_record = sm.fuel_used.checked_div(sm.records_in).unwrap_or(0),
+                logs_dropped = s.logs_dropped(),
                 quarantined = s.is_quarantined(),
                 "stage done"
             );

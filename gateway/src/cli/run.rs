@@ -62,7 +62,6 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let mut stdout = BufWriter::new(std::io::stdout().lock());
     let (mut lines, mut invalid) = (0u64, 0u64);
-    let mut write_error = None;
     for (lineno, line) in reader.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -77,14 +76,7 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
                 continue;
             }
         };
-        router.dispatch(&rec, |name, out| {
-            if write_error.is_none() {
-                write_error = output::write_output(&mut stdout, name, out).err();
-            }
-        });
-        if let Some(e) = write_error.take() {
-            return Err(e.into());
-        }
+        output::dispatch_to(&mut router, &rec, &mut stdout)?;
     }
     stdout.flush()?;
     tracing::info!(records = lines, invalid, "input done");

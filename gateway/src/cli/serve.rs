@@ -153,13 +153,8 @@ fn kinds(counts: &std::sync::Mutex<std::collections::HashMap<&'static str, u64>>
 fn handle(router: &mut Router, item: Item, out: &mut impl Write) -> std::io::Result<Option<Ack>> {
     match item {
         Item::Record { record, ack } => {
-            let mut failed = None;
-            router.dispatch(&record, |name, o| {
-                if failed.is_none() {
-                    failed = output::write_output(out, name, o).err();
-                }
-            });
-            failed.map_or(Ok(ack), Err)
+            output::dispatch_to(router, &record, out)?;
+            Ok(ack)
         }
         Item::Rejected {
             source,

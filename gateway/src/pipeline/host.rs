@@ -66,7 +66,9 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(stage: Arc<str>, limits: Limits, kv: KvState) -> Self {
+    /// State for a new store; `kv` and `logs_dropped` carry over from the
+    /// store it replaces.
+    pub(crate) fn new(stage: Arc<str>, limits: Limits, kv: KvState, logs_dropped: u64) -> Self {
         let limiter = wasmi::StoreLimitsBuilder::new()
             .memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
             .instances(1)
@@ -86,7 +88,7 @@ impl HostState {
             limits,
             stage,
             log_lines: 0,
-            logs_dropped: 0,
+            logs_dropped,
         }
     }
 
@@ -228,18 +230,12 @@ fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     });
     match written {
         Ok(n) => {
+            // The size is known only once written: undo, and fail as emit would.
             if (st.outputs.bytes() as u64) > st.limits.max_output_bytes {
                 st.outputs.pop();
-                let detail = format!(
-                    "{n}-byte record exceeds {} output bytes for one record",
-                    st.limits.max_output_bytes
-                );
-                return st.fail(
-                    imports::EMIT_INPUT,
-                    E_TOO_LARGE,
-                    FailureKind::TooLarge,
-                    detail,
-                );
+                if let Err(code) = st.check_output(imports::EMIT_INPUT, n) {
+                    return code;
+                }
             }
             0
         }

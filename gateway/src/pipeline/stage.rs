@@ -52,8 +52,6 @@ pub struct StageMetrics {
     pub fuel_used: u64,
     /// Instances created (1 + replacements after traps, or one per record).
     pub instantiations: u64,
-    /// Guest log lines dropped over the per-record budget.
-    pub logs_dropped: u64,
 }
 
 impl StageMetrics {
@@ -100,7 +98,7 @@ impl Stage {
         let linker = host::linker(engine, &spec.grants);
         let store = Store::new(
             engine,
-            HostState::new(label.clone(), spec.limits, KvState::default()),
+            HostState::new(label.clone(), spec.limits, KvState::default(), 0),
         );
         let mut stage = Stage {
             spec,
@@ -141,6 +139,11 @@ impl Stage {
         self.quarantined
     }
 
+    /// Guest log lines dropped over the per-record budget.
+    pub fn logs_dropped(&self) -> u64 {
+        self.store.data().logs_dropped
+    }
+
     /// The module's key/value state.
     pub fn state(&self) -> &KvState {
         &self.store.data().kv
@@ -150,10 +153,9 @@ impl Stage {
     fn instantiate(&mut self) -> Result<Live, LoadError> {
         let kv = std::mem::take(&mut self.store.data_mut().kv);
         let dropped = self.store.data().logs_dropped;
-        self.metrics.logs_dropped += dropped;
         self.store = Store::new(
             &self.engine,
-            HostState::new(self.label.clone(), self.spec.limits, kv),
+            HostState::new(self.label.clone(), self.spec.limits, kv, dropped),
         );
         self.store.limiter(|s| &mut s.limiter);
         self.metrics.instantiations += 1;
