@@ -24,3 +24,4 @@ pub mod pipeline;
 pub mod record;
 pub mod routing;
 pub mod sources;
+pub mod store;

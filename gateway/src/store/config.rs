@@ -1,0 +1,105 @@
+//! `[store]` and `[sink.buffer]`: where and how records are buffered.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::config::ByteSize;
+
+/// `[store]`: the durable buffer on local storage (one sled database).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The database directory. Default: `$STATE_DIRECTORY/store` under
+    /// systemd, else `weir-state/store` next to the config file.
+    pub path: Option<PathBuf>,
+    /// How often buffered writes are synced: `"0ms"` syncs every batch
+    /// (group commit); a positive interval syncs at most that often.
+    /// Records are acknowledged upstream only once synced, either way.
+    #[serde(default, deserialize_with = "duration")]
+    pub sync_every: Duration,
+    /// Also `fdatasync` the database file after sled's flush (power-loss
+    /// safety; sled alone uses `sync_file_range`). Default true.
+    #[serde(default = "yes")]
+    pub fsync: bool,
+    /// sled's page cache (memory bound; sled's own default is 1 GiB).
+    #[serde(default = "default_cache")]
+    pub cache: ByteSize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: None,
+            sync_every: Duration::ZERO,
+            fsync: true,
+            cache: default_cache(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_cache() -> ByteSize {
+    ByteSize(4 << 20)
+}
+
+/// What a full buffer does with one more record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Wait for room: the pipelines stop taking input, sources feel
+    /// backpressure (MQTT messages stay unacknowledged at the broker).
+    #[default]
+    Block,
+    /// Evict the oldest buffered entries to make room.
+    DropOldest,
+    /// Refuse the new record (it is acknowledged upstream and counted).
+    DropNewest,
+}
+
+/// `[sink.buffer]`: the bounds of one sink's queue.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Most bytes the queue holds (entries as stored).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Entries older than this are expired (counted), `"0s"` for never.
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// What happens when a record does not fit.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+fn default_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// A human duration: `"250ms"`, `"5s"`, `"7d"`, `"1h 30m"`.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a duration ({e}); try \"500ms\", \"30s\" or \"7d\""
+        ))
+    })
+}
