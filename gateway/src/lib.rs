@@ -23,5 +23,6 @@ pub mod config;
 pub mod pipeline;
 pub mod record;
 pub mod routing;
+pub mod sinks;
 pub mod sources;
 pub mod store;

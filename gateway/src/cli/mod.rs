@@ -4,7 +4,7 @@
 
 mod check;
 mod module;
-mod output;
+pub(crate) mod output;
 mod run;
 mod serve;
 

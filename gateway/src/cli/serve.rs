@@ -1,12 +1,17 @@
-//! `weir serve --config FILE`: the gateway daemon. Sources run as tasks on a
-//! small async runtime and hand records over a bounded channel to the
-//! pipeline thread, which writes results to stdout as JSON lines (sinks come
-//! with the durable buffer). SIGINT or SIGTERM stops it cleanly: sources
-//! stop, the channel drains, counters are logged.
+//! `weir serve --config FILE`: the gateway daemon.
+//!
+//! Sources and sinks run as tasks on a small async runtime. Sources hand
+//! records over a bounded channel to the pipeline thread, which puts the
+//! output into the sink queues (the store); the sync thread makes batches
+//! durable and only then acknowledges their inputs; each sink drains its
+//! queue. SIGINT or SIGTERM stops it cleanly: sources stop, the pipelines
+//! drain, the last batch is synced, the sinks send what they can (MQTT for
+//! `drain_on_stop`), counters are logged.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
 use clap::Args;
@@ -17,7 +22,10 @@ use crate::pipeline::Runtime;
 use crate::routing::Router;
 use crate::sources::mqtt::{self, MqttMetrics};
 use crate::sources::serial::{self, SerialMetrics};
-use crate::sources::{Ack, Item};
+use crate::sinks::intake::{Intake, SyncMetrics, run_syncer};
+use crate::sinks::{self, SinkConfig, SinkMetrics, SinkType};
+use crate::sources::Item;
+use crate::store::{OpenReport, Queue, Store};
 
 /// Arguments of `weir serve`.
 #[derive(Args)]
@@ -35,32 +43,79 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut router = Router::from_config(&cfg, &Runtime::new()).map_err(Failure::refused)?;
     // TLS for MQTT uses rustls with the ring provider (smaller on ARM).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
 
-    let worker = std::thread::Builder::new().name("pipelines".into()).spawn(
-        move || -> std::io::Result<Router> {
-            let mut stdout = BufWriter::new(std::io::stdout().lock());
-            // Acknowledgements wait until the output they cover is flushed.
-            let mut acks: Vec<Ack> = Vec::new();
+    // The store, and one queue per sink.
+    let sinks = cfg.sinks();
+    let mut report = OpenReport::default();
+    let store = if sinks.iter().any(SinkConfig::is_durable) {
+        let path = cfg.store_path();
+        let (store, r) = Store::open(&path, &cfg.store)?;
+        report = r;
+        store
+    } else {
+        Store::memory()
+    };
+    let mut queues = Vec::new();
+    for s in &sinks {
+        let q = store.queue(&s.name, s.buffer, s.is_durable(), &mut report)?;
+        queues.push((s.clone(), Arc::new(q)));
+    }
+    if store.is_durable() {
+        for (name, entries, bytes) in &report.queues {
+            tracing::info!(store = %store.path().display(), sink = %name, entries, bytes, "buffer opened");
+        }
+        if report.damaged > 0 || report.lost_seqs > 0 || report.moved_aside.is_some() {
+            tracing::error!(
+                damaged_entries = report.damaged,
+                lost_seqs = report.lost_seqs,
+                moved_aside = ?report.moved_aside.as_ref().map(|m| m.0.display().to_string()),
+                "the store was damaged; serving what is intact (see `weir store verify`)"
+            );
+        }
+        if report.expired > 0 {
+            tracing::warn!(expired = report.expired, "buffered entries older than max_age were dropped at start");
+        }
+        for orphan in store.queue_names() {
+            if !sinks.iter().any(|s| s.name == orphan) {
+                tracing::warn!(queue = %orphan, "the store holds a queue for a sink no longer configured (`weir store compact --drop-orphans` removes it)");
+            }
+        }
+    }
+    let store = Arc::new(store);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let sync_metrics = Arc::new(SyncMetrics::default());
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+    let syncer = {
+        let (store, stopping, m) = (store.clone(), stopping.clone(), sync_metrics.clone());
+        let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
+        let every = cfg.store.sync_every;
+        std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn(move || run_syncer(store, sync_rx, every, qs, stopping, m))?
+    };
+    let mut intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
+    let intake_metrics = intake.metrics.clone();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
+    let worker = std::thread::Builder::new()
+        .name("pipelines".into())
+        .spawn(move || -> Router {
             while let Some(item) = rx.blocking_recv() {
-                let ack = handle(&mut router, item, &mut stdout)?;
-                acks.extend(ack);
-                if rx.is_empty() || acks.len() >= 256 {
-                    stdout.flush()?;
-                    acks.drain(..).for_each(Ack::ack);
+                intake.handle(&mut router, item);
+                if rx.is_empty() {
+                    intake.submit();
                 }
             }
-            stdout.flush()?;
-            acks.drain(..).for_each(Ack::ack);
-            Ok(router)
-        },
-    )?;
+            intake.submit();
+            router
+        })?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let metrics = rt.block_on(async {
+    let (stop_sinks, sinks_stopped) = tokio::sync::watch::channel(false);
+    let (metrics, mqtt_metrics, sink_metrics, worker) = rt.block_on(async {
         let mut tasks = Vec::new();
         let mut metrics = Vec::new();
         let mut mqtt_metrics = Vec::new();
@@ -90,23 +145,54 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             }
         }
         drop(tx);
+        let mut sink_tasks = Vec::new();
+        let mut sink_metrics = Vec::new();
+        for (s, q) in &queues {
+            let m = Arc::new(SinkMetrics::default());
+            sink_metrics.push((s.name.clone(), m.clone(), q.clone()));
+            let args = (
+                s.clone(),
+                cfg.gateway.id.clone(),
+                q.clone(),
+                store.clone(),
+                m,
+                sinks_stopped.clone(),
+            );
+            sink_tasks.push(match s.kind {
+                SinkType::Mqtt => tokio::spawn(sinks::mqtt::run(args.0, args.1, args.2, args.3, args.4, args.5)),
+                _ => tokio::spawn(sinks::lines::run(args.0, args.1, args.2, args.3, args.4, args.5)),
+            });
+        }
         tracing::info!(
             sources = tasks.len(),
             pipelines = cfg.pipelines.len(),
+            sinks = sink_tasks.len(),
+            durable = store.is_durable(),
             "weir is serving"
         );
         wait_for_signal().await;
-        tracing::info!("stopping: sources first, then the pipelines drain");
+        tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
+        stopping.store(true, Relaxed);
         let _ = stop.send(true);
         for t in tasks {
             let _ = t.await;
         }
-        (metrics, mqtt_metrics)
+        let worker = tokio::task::spawn_blocking(move || {
+            let r = worker.join();
+            let _ = syncer.join();
+            r
+        })
+        .await;
+        let _ = stop_sinks.send(true);
+        for t in sink_tasks {
+            let _ = t.await;
+        }
+        (metrics, mqtt_metrics, sink_metrics, worker)
     });
-    let (metrics, mqtt_metrics) = metrics;
     let router = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+        .ok()
+        .and_then(|r| r.ok())
+        .ok_or_else(|| anyhow::anyhow!("the pipeline thread panicked"))?;
     for (name, m) in metrics {
         let rejected = kinds(&m.rejected);
         tracing::info!(
@@ -133,7 +219,37 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             "source done"
         );
     }
+    let im = &intake_metrics;
+    tracing::info!(
+        redelivered = im.redelivered.load(Relaxed),
+        abandoned = im.abandoned.load(Relaxed),
+        syncs = sync_metrics.syncs.load(Relaxed),
+        sync_failures = sync_metrics.failures.load(Relaxed),
+        "intake done"
+    );
     output::report(&router);
+    for (name, m, q) in sink_metrics {
+        let qm = &q.metrics;
+        tracing::info!(
+            sink = %name,
+            records = m.records.load(Relaxed),
+            bytes = m.bytes.load(Relaxed),
+            sends = m.sends.load(Relaxed),
+            connects = m.connects.load(Relaxed),
+            outages = m.outages.load(Relaxed),
+            queued = q.len(),
+            enqueued = qm.enqueued.load(Relaxed),
+            delivered = qm.delivered.load(Relaxed),
+            resent = qm.resent.load(Relaxed),
+            dropped_oldest = qm.dropped_oldest.load(Relaxed),
+            dropped_newest = qm.dropped_newest.load(Relaxed),
+            blocked = qm.blocked.load(Relaxed),
+            expired = qm.expired.load(Relaxed),
+            damaged = qm.damaged.load(Relaxed),
+            undeliverable = qm.undeliverable.load(Relaxed),
+            "sink done"
+        );
+    }
     std::io::stdout().flush()?;
     Ok(())
 }
@@ -146,34 +262,6 @@ fn kinds(counts: &std::sync::Mutex<std::collections::HashMap<&'static str, u64>>
     let mut kinds: Vec<String> = counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
     kinds.sort();
     kinds.join(",")
-}
-
-/// Run one item through the pipelines (or write it as a dead letter) and
-/// return its acknowledgement, to be sent once the output is flushed.
-fn handle(router: &mut Router, item: Item, out: &mut impl Write) -> std::io::Result<Option<Ack>> {
-    match item {
-        Item::Record { record, ack } => {
-            output::dispatch_to(router, &record, out)?;
-            Ok(ack)
-        }
-        Item::Rejected {
-            source,
-            topic,
-            kind,
-            error,
-            bytes,
-            ack,
-        } => {
-            let line = serde_json::json!({
-                "source": source,
-                "topic": topic,
-                "dead_letter": { "stage": "source", "kind": kind, "error": error },
-                "payload_bytes": bytes,
-            });
-            writeln!(out, "{line}")?;
-            Ok(ack)
-        }
-    }
 }
 
 async fn wait_for_signal() {

@@ -44,6 +44,12 @@ pub struct Config {
     /// `[[pipeline]]`: the pipelines, each an ordered chain of stages.
     #[serde(default, rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
+    /// `[store]`: the durable buffer.
+    #[serde(default)]
+    pub store: crate::store::StoreConfig,
+    /// `[[sink]]`: where pipeline output goes (none: everything to stdout).
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<crate::sinks::SinkConfig>,
     /// The directory of the config file (modules resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -316,7 +322,59 @@ impl Config {
                 }
             }
         }
+        let mut sink_names = HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let at = format!("sink[{i}]");
+            let name_ok = !sink.name.is_empty()
+                && sink
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok || !sink_names.insert(sink.name.as_str()) {
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` is empty, used twice, or not made of letters, digits, '-', '_', '.'",
+                        sink.name
+                    ),
+                ));
+            }
+            for (p, name) in sink.pipelines.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    return Err(self.err(
+                        format!("{at}.pipelines[{p}]"),
+                        format!("no pipeline is named `{name}`"),
+                    ));
+                }
+            }
+            if let Err((key, message)) = sink.check(&self.gateway.id) {
+                return Err(self.err(format!("{at}.{key}"), message));
+            }
+        }
         Ok(())
+    }
+
+    /// The sinks in effect: as configured, or stdout for everything.
+    pub fn sinks(&self) -> Vec<crate::sinks::SinkConfig> {
+        if self.sinks.is_empty() {
+            vec![crate::sinks::SinkConfig::default_stdout()]
+        } else {
+            self.sinks.clone()
+        }
+    }
+
+    /// Where the store lives: `[store] path` (relative to the config file),
+    /// else `$STATE_DIRECTORY/store` (systemd), else `weir-state/store`
+    /// next to the config file.
+    pub fn store_path(&self) -> PathBuf {
+        match &self.store.path {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => self.base_dir.join(p),
+            None => match std::env::var_os("STATE_DIRECTORY") {
+                Some(d) if !d.is_empty() => PathBuf::from(d).join("store"),
+                _ => self.base_dir.join("weir-state").join("store"),
+            },
+        }
     }
 
     fn check_serial(

@@ -9,4 +9,4 @@ pub mod item;
 pub mod mqtt;
 pub mod serial;
 
-pub use item::{Ack, Item};
+pub use item::{Ack, Item, Origin};

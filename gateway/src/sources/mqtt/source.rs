@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::convert::{PayloadFormat, TopicFields, decode_payload, to_record};
 use crate::config::ByteSize;
 use crate::record::now_ms;
-use crate::sources::item::{Ack, Item};
+use crate::sources::item::{Ack, Item, Origin};
 
 /// `[[source]] type = "mqtt"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +204,8 @@ struct Message {
     payload: Vec<u8>,
     headers: BTreeMap<String, String>,
     ack: Option<Ack>,
+    /// Packet id and DUP flag of a QoS 1/2 message.
+    packet: Option<(u16, bool)>,
 }
 
 struct Handler {
@@ -232,7 +234,14 @@ impl Handler {
                     m.headers,
                     now_ms(),
                 );
-                Item::Record { record, ack: m.ack }
+                let origin = m.packet.map(|(pkid, dup)| {
+                    Origin::new(&self.cfg.name, pkid, dup, m.topic.as_bytes(), &m.payload)
+                });
+                Item::Record {
+                    record,
+                    ack: m.ack,
+                    origin,
+                }
             }
             Err(e) => {
                 if let Ok(mut r) = self.metrics.rejected.lock() {
@@ -267,9 +276,9 @@ pub fn client_id(cfg: &MqttConfig, gateway_id: &str) -> String {
 }
 
 /// PEM bytes: the CA, and the client certificate and key if any.
-type TlsMaterial = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+pub type TlsMaterial = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
 
-fn read_tls(tls: &TlsFiles) -> std::io::Result<TlsMaterial> {
+pub fn read_tls(tls: &TlsFiles) -> std::io::Result<TlsMaterial> {
     let ca = std::fs::read(&tls.ca)?;
     let auth = match (&tls.cert, &tls.key) {
         (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
@@ -418,6 +427,7 @@ mod v4 {
                         topic,
                         payload: p.payload.to_vec(),
                         headers: BTreeMap::new(),
+                        packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
                         ack,
                     };
                     if !h.handle(m).await {
@@ -504,6 +514,7 @@ mod v5 {
                         topic,
                         payload: p.payload.to_vec(),
                         headers,
+                        packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
                         ack,
                     };
                     if !h.handle(m).await {

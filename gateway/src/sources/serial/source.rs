@@ -326,7 +326,11 @@ fn deliver(
         headers,
         payload: msg.payload,
     };
-    match tx.try_send(Item::Record { record, ack: None }) {
+    match tx.try_send(Item::Record {
+        record,
+        ack: None,
+        origin: None,
+    }) {
         Ok(()) => {
             metrics.records.fetch_add(1, Relaxed);
         }

@@ -1,0 +1,280 @@
+//! The pipeline side of the sinks: run each input through the router, put
+//! the output into the sink queues, and acknowledge the input upstream only
+//! once every entry it produced is synced.
+//!
+//! Acknowledgements travel with their batch to the sync thread
+//! ([`run_syncer`]), which syncs (group commit, or at most every
+//! `sync_every`) and then acknowledges and wakes the sinks.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{Include, SinkConfig};
+use crate::pipeline::PipelineOutput;
+use crate::record::now_ms;
+use crate::routing::Router;
+use crate::sources::{Ack, Item};
+use crate::store::{Kind, Pushed, Queue, Store, entry, wait_until};
+
+/// Acknowledgements waiting for entries below `upto` to be synced.
+pub struct Pending {
+    upto: u64,
+    acks: Vec<Ack>,
+}
+
+/// Counters of the intake.
+#[derive(Debug, Default)]
+pub struct IntakeMetrics {
+    /// Inputs recognised as a broker's redelivery of a message already
+    /// taken in (acknowledged again, not processed twice).
+    pub redelivered: AtomicU64,
+    /// Inputs left unacknowledged because the gateway stopped while a
+    /// `block` queue was full (the broker redelivers them).
+    pub abandoned: AtomicU64,
+}
+
+struct Route {
+    queue: Arc<Queue>,
+    pipelines: Vec<String>,
+    include: Include,
+}
+
+impl Route {
+    fn wants(&self, pipeline: &str, kind: Kind) -> bool {
+        let kind_ok = match (self.include, kind) {
+            (Include::All, _) => true,
+            (Include::Records, k) => k == Kind::Record,
+            (Include::DeadLetters, k) => k == Kind::DeadLetter,
+        };
+        kind_ok && (self.pipelines.is_empty() || self.pipelines.iter().any(|p| p == pipeline))
+    }
+}
+
+/// Puts pipeline output into the queues; owned by the pipeline thread.
+pub struct Intake {
+    store: Arc<Store>,
+    routes: Vec<Route>,
+    acks: Vec<Ack>,
+    since_submit: usize,
+    syncer: mpsc::Sender<Pending>,
+    stopping: Arc<AtomicBool>,
+    /// Counters.
+    pub metrics: Arc<IntakeMetrics>,
+    abandon: bool,
+}
+
+impl Intake {
+    /// An intake over `queues` (with the sink configs they belong to).
+    pub fn new(
+        store: Arc<Store>,
+        sinks: &[(SinkConfig, Arc<Queue>)],
+        syncer: mpsc::Sender<Pending>,
+        stopping: Arc<AtomicBool>,
+    ) -> Intake {
+        Intake {
+            store,
+            routes: sinks
+                .iter()
+                .map(|(c, q)| Route {
+                    queue: q.clone(),
+                    pipelines: c.pipelines.clone(),
+                    include: c.include,
+                })
+                .collect(),
+            acks: Vec::new(),
+            since_submit: 0,
+            syncer,
+            stopping,
+            metrics: Arc::default(),
+            abandon: false,
+        }
+    }
+
+    /// Handle one item from the sources. Its acknowledgement is held until
+    /// the batch is synced (or dropped, unacknowledged, if the gateway
+    /// stops while a `block` queue is full).
+    pub fn handle(&mut self, router: &mut Router, item: Item) {
+        // A failing disk: stop taking input until a sync succeeds again,
+        // so sources feel backpressure instead of memory filling up.
+        if !self.store.is_healthy() {
+            self.submit();
+            wait_until(|| self.store.is_healthy(), || self.stopping.load(Relaxed));
+        }
+        self.abandon = false;
+        let ack = match item {
+            Item::Record {
+                record,
+                ack,
+                origin,
+            } => {
+                if let Some(o) = &origin
+                    && self.store.is_durable()
+                {
+                    if o.dup && self.store.seen(&o.source, o.pkid, o.digest) {
+                        self.metrics.redelivered.fetch_add(1, Relaxed);
+                        self.hold(ack);
+                        return;
+                    }
+                    self.store.mark_seen(&o.source, o.pkid, o.digest);
+                }
+                router.dispatch(&record, |name, out| self.output(name, out));
+                ack
+            }
+            Item::Rejected {
+                source,
+                topic,
+                kind,
+                error,
+                bytes,
+                ack,
+            } => {
+                let line = serde_json::json!({
+                    "source": source,
+                    "topic": topic,
+                    "dead_letter": { "stage": "source", "kind": kind, "error": error },
+                    "payload_bytes": bytes,
+                });
+                self.push("", Kind::DeadLetter, line.to_string().as_bytes());
+                ack
+            }
+        };
+        if self.abandon {
+            self.metrics.abandoned.fetch_add(1, Relaxed);
+            drop(ack);
+        } else {
+            self.hold(ack);
+        }
+    }
+
+    fn hold(&mut self, ack: Option<Ack>) {
+        self.acks.extend(ack);
+        self.since_submit += 1;
+        if self.since_submit >= 512 {
+            self.submit();
+        }
+    }
+
+    fn output(&mut self, pipeline: &str, out: &PipelineOutput) {
+        for r in out.records.iter() {
+            self.push(pipeline, Kind::Record, r);
+        }
+        for d in &out.dead {
+            let v = crate::cli::output::dead_letter_json(pipeline, d);
+            self.push(pipeline, Kind::DeadLetter, v.to_string().as_bytes());
+        }
+    }
+
+    fn push(&mut self, pipeline: &str, kind: Kind, body: &[u8]) {
+        if self.abandon {
+            return;
+        }
+        let wanted: Vec<usize> = (0..self.routes.len())
+            .filter(|&i| self.routes[i].wants(pipeline, kind))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let stored = entry::encode(kind, now_ms(), pipeline, body);
+        // One sequence number per record: the same message id in every sink.
+        let seq = self.store.take_seq();
+        for i in wanted {
+            let q = self.routes[i].queue.clone();
+            if q.push(seq, &stored) != Pushed::Full {
+                continue;
+            }
+            // `block`: let what is queued become deliverable, then wait.
+            q.metrics.blocked.fetch_add(1, Relaxed);
+            self.submit();
+            let stopping = self.stopping.clone();
+            let ok = wait_until(
+                || q.push(seq, &stored) != Pushed::Full,
+                || stopping.load(Relaxed),
+            );
+            if !ok {
+                self.abandon = true;
+                return;
+            }
+        }
+    }
+
+    /// Hand the held acknowledgements to the sync thread with the batch.
+    pub fn submit(&mut self) {
+        self.since_submit = 0;
+        let p = Pending {
+            upto: self.store.next_seq(),
+            acks: std::mem::take(&mut self.acks),
+        };
+        let _ = self.syncer.send(p);
+    }
+}
+
+/// Counters of the sync thread.
+#[derive(Debug, Default)]
+pub struct SyncMetrics {
+    /// Syncs done.
+    pub syncs: AtomicU64,
+    /// Syncs that failed (retried; their inputs stay unacknowledged).
+    pub failures: AtomicU64,
+}
+
+/// The sync thread: make batches durable, then acknowledge their inputs
+/// and wake the sinks. Runs until every [`Intake`] sender is gone.
+pub fn run_syncer(
+    store: Arc<Store>,
+    rx: mpsc::Receiver<Pending>,
+    every: Duration,
+    queues: Vec<Arc<Queue>>,
+    stopping: Arc<AtomicBool>,
+    metrics: Arc<SyncMetrics>,
+) {
+    let mut last = Instant::now();
+    while let Ok(first) = rx.recv() {
+        if !every.is_zero() {
+            let due = last + every;
+            let now = Instant::now();
+            if due > now && !stopping.load(Relaxed) {
+                std::thread::sleep(due - now);
+            }
+        }
+        let (mut upto, mut acks) = (first.upto, first.acks);
+        while let Ok(p) = rx.try_recv() {
+            upto = upto.max(p.upto);
+            acks.extend(p.acks);
+        }
+        let mut backoff = Duration::from_millis(50);
+        let mut failed = false;
+        loop {
+            match store.sync(upto) {
+                Ok(()) => {
+                    if failed {
+                        tracing::info!("store sync works again; acknowledging what waited");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    metrics.failures.fetch_add(1, Relaxed);
+                    if !failed {
+                        tracing::error!(error = %e, "store sync failed (disk full or failing?); inputs stay unacknowledged, intake pauses, retrying");
+                    }
+                    failed = true;
+                    if stopping.load(Relaxed) {
+                        // Unacknowledged: the broker redelivers next time.
+                        acks.clear();
+                        break;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        metrics.syncs.fetch_add(1, Relaxed);
+        last = Instant::now();
+        acks.into_iter().for_each(Ack::ack);
+        for q in &queues {
+            q.wake.notify_one();
+        }
+    }
+}

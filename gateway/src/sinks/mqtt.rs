@@ -1,0 +1,241 @@
+//! The MQTT sink: publishes queued records at QoS 1 to a broker (the
+//! cloud, or a local republish) and removes an entry from its queue only
+//! when the broker's PUBACK for it arrives.
+//!
+//! The client uses a clean session: unacknowledged publishes live in the
+//! durable queue, not in the client. On any disconnect everything in
+//! flight is forgotten and sending restarts from the head of the queue, so
+//! entries whose PUBACK was lost are sent again under the same message id.
+//!
+//! rumqttc assigns packet ids as it sends; its `Outgoing::Publish(pkid)`
+//! events come in request order, which maps each packet id to the entries
+//! of its publish (`sent` below).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
+use tokio::sync::watch;
+
+use super::{Rate, Render, Rendered, Selector, SinkConfig, SinkMetrics};
+use crate::sources::mqtt::source::read_tls;
+use crate::store::{Queue, Store};
+
+/// One publish: its entries and payload size.
+struct Publish {
+    seqs: Vec<u64>,
+    bytes: usize,
+}
+
+/// Publish `queue` to the broker of `cfg` until `stop` (then keep sending
+/// for `drain_on_stop` at most).
+pub async fn run(
+    cfg: SinkConfig,
+    gateway_id: String,
+    queue: Arc<Queue>,
+    store: Arc<Store>,
+    metrics: Arc<SinkMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let host = cfg.host.clone().unwrap_or_default();
+    let port = cfg.port();
+    let window = cfg.inflight() as usize;
+    let max_payload = cfg.max_payload() as usize;
+    let mut opts = MqttOptions::new(cfg.client_id(&gateway_id), host.clone(), port);
+    opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
+        .set_clean_session(true)
+        .set_inflight(window as u16)
+        .set_max_packet_size(65_536, max_payload + 65_536);
+    if let Some(user) = cfg.username(&gateway_id) {
+        opts.set_credentials(user, cfg.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &cfg.tls {
+        match read_tls(tls) {
+            Ok((ca, auth)) => {
+                opts.set_transport(Transport::tls(ca, auth, None));
+            }
+            Err(e) => {
+                tracing::error!(sink = %cfg.name, error = %e,
+                    "cannot read the sink's TLS files; its queue keeps the records");
+                return;
+            }
+        }
+    }
+    let (client, mut events) = AsyncClient::new(opts, window + 16);
+    let render = Render::new(&cfg, &gateway_id);
+    let mut selector = Selector::new(cfg.live_first);
+    let mut rate = Rate::new(cfg.rate);
+    // Requested, waiting for rumqttc to assign a packet id.
+    let mut requested: VecDeque<Publish> = VecDeque::new();
+    // Sent, waiting for the PUBACK.
+    let mut sent: HashMap<u16, Publish> = HashMap::new();
+    let mut connected = false;
+    let mut down_since: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(250);
+    let mut stop_by: Option<Instant> = None;
+    let mut last_expiry = Instant::now();
+
+    loop {
+        let now = Instant::now();
+        if now.duration_since(last_expiry) > Duration::from_secs(1) {
+            queue.expire(crate::record::now_ms());
+            last_expiry = now;
+        }
+        let mut wake_at = now + Duration::from_secs(1);
+        if connected {
+            // Fill the in-flight window.
+            while requested.len() + sent.len() < window {
+                if let Some(t) = rate.wait(Instant::now()) {
+                    wake_at = wake_at.min(t);
+                    break;
+                }
+                let entries = selector.take(&queue, store.durable_seq(), cfg.batch);
+                if entries.is_empty() {
+                    break;
+                }
+                let rendered: Vec<Rendered> = entries.iter().map(|e| render.render(e)).collect();
+                for group in batches(&render, rendered, max_payload) {
+                    let payload = render.encode(&group);
+                    if payload.len() > max_payload {
+                        // Only a single record can be this large: it can never go.
+                        queue.metrics.undeliverable.fetch_add(1, Relaxed);
+                        tracing::error!(sink = %cfg.name, msg_id = %render.msg_id(group[0].seq),
+                            bytes = payload.len(), max_payload,
+                            "record larger than the sink's max_payload; removed, counted as undeliverable");
+                        queue.remove(group[0].seq);
+                        continue;
+                    }
+                    let seqs: Vec<u64> = group.iter().map(|r| r.seq).collect();
+                    let bytes = payload.len();
+                    if let Err(e) =
+                        client.try_publish(group[0].topic.clone(), QoS::AtLeastOnce, false, payload)
+                    {
+                        // Cannot happen with the window below the channel size;
+                        // if it does, the entries are read again after a rewind.
+                        tracing::warn!(sink = %cfg.name, error = %e, "publish request refused");
+                        selector.rewind(store.next_seq());
+                        break;
+                    }
+                    rate.spend(Instant::now(), seqs.len(), bytes);
+                    requested.push_back(Publish { seqs, bytes });
+                }
+            }
+        }
+        if let Some(by) = stop_by {
+            let idle = requested.is_empty()
+                && sent.is_empty()
+                && (!connected || queue.read(0, store.durable_seq(), 1).is_empty());
+            if idle || Instant::now() >= by {
+                break;
+            }
+            wake_at = wake_at.min(by);
+        }
+        if let Some(t) = retry_at {
+            wake_at = wake_at.min(t);
+        }
+        let event = tokio::select! {
+            e = events.poll(), if retry_at.is_none() => Some(e),
+            _ = queue.wake.notified(), if connected => None,
+            _ = tokio::time::sleep_until(wake_at.into()) => {
+                if retry_at.is_some_and(|t| Instant::now() >= t) {
+                    retry_at = None;
+                }
+                None
+            }
+            r = stop.changed(), if stop_by.is_none() => {
+                let _ = r;
+                stop_by = Some(Instant::now() + cfg.drain_on_stop);
+                None
+            }
+        };
+        let Some(event) = event else { continue };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connected = true;
+                backoff = Duration::from_millis(250);
+                metrics.connects.fetch_add(1, Relaxed);
+                selector.rewind(store.next_seq());
+                match down_since.take() {
+                    Some(t) => tracing::info!(sink = %cfg.name, host = %host, port,
+                        down_s = t.elapsed().as_secs_f32(), queued = queue.len(),
+                        "sink broker reachable again; draining the buffer"),
+                    None => tracing::info!(sink = %cfg.name, host = %host, port, queued = queue.len(),
+                        "sink connected"),
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if let Some(p) = requested.pop_front() {
+                    metrics.sends.fetch_add(1, Relaxed);
+                    sent.insert(pkid, p);
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(p) = sent.remove(&ack.pkid) {
+                    for s in &p.seqs {
+                        queue.delivered(*s);
+                    }
+                    metrics.records.fetch_add(p.seqs.len() as u64, Relaxed);
+                    metrics.bytes.fetch_add(p.bytes as u64, Relaxed);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let resent: usize = requested.iter().chain(sent.values()).map(|p| p.seqs.len()).sum();
+                queue.metrics.resent.fetch_add(resent as u64, Relaxed);
+                requested.clear();
+                sent.clear();
+                connected = false;
+                if down_since.is_none() {
+                    down_since = Some(Instant::now());
+                    metrics.outages.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = %cfg.name, host = %host, port, error = %explain(&e),
+                        in_flight = resent, "sink broker unreachable; records stay in the buffer, reconnecting with backoff");
+                }
+                if stop_by.is_some() {
+                    break;
+                }
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+/// Split rendered records into publishes: consecutive records with the
+/// same topic, at most `cfg.batch` of them, within `max_payload`.
+fn batches(render: &Render, rendered: Vec<Rendered>, max_payload: usize) -> Vec<Vec<Rendered>> {
+    let mut out: Vec<Vec<Rendered>> = Vec::new();
+    for r in rendered {
+        if let Some(last) = out.last_mut()
+            && last[0].topic == r.topic
+        {
+            last.push(r);
+            if last.len() > 1 && render.encode(last).len() > max_payload {
+                let r = last.pop().expect("just pushed");
+                out.push(vec![r]);
+            }
+            continue;
+        }
+        out.push(vec![r]);
+    }
+    out
+}
+
+/// A connection error, with a hint for the usual TLS mistakes.
+fn explain(e: &rumqttc::ConnectionError) -> String {
+    let s = e.to_string();
+    let hint = if s.contains("UnknownIssuer") || s.contains("invalid peer certificate") {
+        " (the broker's certificate is not signed by `tls.ca`)"
+    } else if s.contains("CertificateRequired") || s.contains("certificate required") {
+        " (the broker requires a client certificate: set `tls.cert` and `tls.key`)"
+    } else if s.contains("NotValidForName") {
+        " (the broker's certificate does not name `host`)"
+    } else {
+        ""
+    };
+    format!("{s}{hint}")
+}
