@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{Mosquitto, Serve, free_port};
+use common::{Mosquitto, Serve, free_port, make_certs};
 
 /// One MQTT source subscribed to `sensors/#` and the given pipelines
 /// (default: one pass-through pipeline).
@@ -230,80 +230,6 @@ fn a_long_qos1_stream_keeps_flowing_and_every_ack_goes_out() {
         assert_eq!(ns(&got), (0..3000).collect::<Vec<_>>(), "v{version}");
         let log = weir.stop();
         assert!(log.contains("ack_failures=0"), "v{version}: {log}");
-    }
-}
-
-/// Make a CA, a server certificate for 127.0.0.1 and a client certificate
-/// with openssl (EC P-256), in `dir`; a second, unrelated CA as `other-ca.pem`.
-fn make_certs(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
-        let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=weir-test-ca"];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &pem]);
-        run(&args);
-    }
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, cn) in [("server", "127.0.0.1"), ("client", "weir-gateway")] {
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        let subj = format!("/CN={cn}");
-        let mut args = vec!["req", "-subj", &subj];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &csr]);
-        run(&args);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ]);
-    }
-    // mosquitto started as root drops to its own user, which must be able to
-    // reach and read these throwaway, test-only keys.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for key in ["server.key", "client.key"] {
-        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 }
 

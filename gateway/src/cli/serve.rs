@@ -20,11 +20,11 @@ use super::{Failure, output};
 use crate::config::{Config, SourceConfig};
 use crate::pipeline::Runtime;
 use crate::routing::Router;
-use crate::sources::mqtt::{self, MqttMetrics};
-use crate::sources::serial::{self, SerialMetrics};
 use crate::sinks::intake::{Intake, SyncMetrics, run_syncer};
 use crate::sinks::{self, SinkConfig, SinkMetrics, SinkType};
 use crate::sources::Item;
+use crate::sources::mqtt::{self, MqttMetrics};
+use crate::sources::serial::{self, SerialMetrics};
 use crate::store::{OpenReport, Queue, Store};
 
 /// Arguments of `weir serve`.
@@ -73,7 +73,10 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             );
         }
         if report.expired > 0 {
-            tracing::warn!(expired = report.expired, "buffered entries older than max_age were dropped at start");
+            tracing::warn!(
+                expired = report.expired,
+                "buffered entries older than max_age were dropped at start"
+            );
         }
         for orphan in store.queue_names() {
             if !sinks.iter().any(|s| s.name == orphan) {
@@ -97,18 +100,19 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let intake_metrics = intake.metrics.clone();
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
-    let worker = std::thread::Builder::new()
-        .name("pipelines".into())
-        .spawn(move || -> Router {
-            while let Some(item) = rx.blocking_recv() {
-                intake.handle(&mut router, item);
-                if rx.is_empty() {
-                    intake.submit();
+    let worker =
+        std::thread::Builder::new()
+            .name("pipelines".into())
+            .spawn(move || -> Router {
+                while let Some(item) = rx.blocking_recv() {
+                    intake.handle(&mut router, item);
+                    if rx.is_empty() {
+                        intake.submit();
+                    }
                 }
-            }
-            intake.submit();
-            router
-        })?;
+                intake.submit();
+                router
+            })?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -159,8 +163,12 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
                 sinks_stopped.clone(),
             );
             sink_tasks.push(match s.kind {
-                SinkType::Mqtt => tokio::spawn(sinks::mqtt::run(args.0, args.1, args.2, args.3, args.4, args.5)),
-                _ => tokio::spawn(sinks::lines::run(args.0, args.1, args.2, args.3, args.4, args.5)),
+                SinkType::Mqtt => tokio::spawn(sinks::mqtt::run(
+                    args.0, args.1, args.2, args.3, args.4, args.5,
+                )),
+                _ => tokio::spawn(sinks::lines::run(
+                    args.0, args.1, args.2, args.3, args.4, args.5,
+                )),
             });
         }
         tracing::info!(

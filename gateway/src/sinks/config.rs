@@ -381,7 +381,11 @@ impl SinkConfig {
         {
             return e("live_first.backlog_share", "must be between 0 and 1".into());
         }
-        if self.rate.records_per_s.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        if self
+            .rate
+            .records_per_s
+            .is_some_and(|r| r.is_nan() || r <= 0.0)
+        {
             return e("rate.records_per_s", "must be positive".into());
         }
         if self.rate.bytes_per_s.is_some_and(|b| b.0 == 0) {
@@ -401,10 +405,17 @@ impl SinkConfig {
         }
         let topic = self.topic(gateway_id);
         if topic.is_empty() || topic.contains(['+', '#']) {
-            return e("topic", format!("`{topic}`: a topic to publish to has no wildcards"));
+            return e(
+                "topic",
+                format!("`{topic}`: a topic to publish to has no wildcards"),
+            );
         }
         if let Some(tls) = &self.tls {
-            for (k, p) in [("tls.ca", Some(&tls.ca)), ("tls.cert", tls.cert.as_ref()), ("tls.key", tls.key.as_ref())] {
+            for (k, p) in [
+                ("tls.ca", Some(&tls.ca)),
+                ("tls.cert", tls.cert.as_ref()),
+                ("tls.key", tls.key.as_ref()),
+            ] {
                 if let Some(p) = p
                     && !std::path::Path::new(p).is_file()
                 {
@@ -421,35 +432,76 @@ impl SinkConfig {
         let f = preset.facts();
         let name = format!("{preset:?}");
         if self.tls.is_none() {
-            return e("tls", format!("the {name} preset needs TLS (`tls.ca`, and a client certificate where required)"));
+            return e(
+                "tls",
+                format!(
+                    "the {name} preset needs TLS (`tls.ca`, and a client certificate where required)"
+                ),
+            );
         }
         if f.needs_client_cert && self.tls.as_ref().is_some_and(|t| t.cert.is_none()) {
-            return e("tls.cert", format!("the {name} preset authenticates with a client certificate (mTLS)"));
+            return e(
+                "tls.cert",
+                format!("the {name} preset authenticates with a client certificate (mTLS)"),
+            );
         }
         if self.max_payload() > f.max_payload {
-            return e("max_payload", format!("the {name} preset accepts at most {} bytes per message", f.max_payload));
+            return e(
+                "max_payload",
+                format!(
+                    "the {name} preset accepts at most {} bytes per message",
+                    f.max_payload
+                ),
+            );
         }
         if self.inflight() > f.max_inflight {
-            return e("inflight", format!("the {name} preset allows at most {} messages in flight", f.max_inflight));
+            return e(
+                "inflight",
+                format!(
+                    "the {name} preset allows at most {} messages in flight",
+                    f.max_inflight
+                ),
+            );
         }
         let id = self.client_id(gateway_id);
         if id.len() > f.max_client_id {
-            return e("client_id", format!("the {name} preset allows client ids of at most {} bytes", f.max_client_id));
+            return e(
+                "client_id",
+                format!(
+                    "the {name} preset allows client ids of at most {} bytes",
+                    f.max_client_id
+                ),
+            );
         }
         if topic.split('/').count() > f.max_topic_levels {
-            return e("topic", format!("`{topic}`: the {name} preset allows at most {} topic levels", f.max_topic_levels));
+            return e(
+                "topic",
+                format!(
+                    "`{topic}`: the {name} preset allows at most {} topic levels",
+                    f.max_topic_levels
+                ),
+            );
         }
         match preset {
-            Preset::AwsIotCore if topic.starts_with('$') => {
-                e("topic", format!("`{topic}`: topics starting with `$` are reserved by AWS IoT Core"))
-            }
+            Preset::AwsIotCore if topic.starts_with('$') => e(
+                "topic",
+                format!("`{topic}`: topics starting with `$` are reserved by AWS IoT Core"),
+            ),
             Preset::AzureIotHub => {
                 let want = format!("devices/{id}/messages/events/");
                 if !topic.starts_with(&want) {
-                    return e("topic", format!("`{topic}`: Azure IoT Hub takes device-to-cloud messages only on `{want}` (plus an optional property bag)"));
+                    return e(
+                        "topic",
+                        format!(
+                            "`{topic}`: Azure IoT Hub takes device-to-cloud messages only on `{want}` (plus an optional property bag)"
+                        ),
+                    );
                 }
                 if self.client_id.is_none() {
-                    return e("client_id", "Azure IoT Hub needs the device id as client id".into());
+                    return e(
+                        "client_id",
+                        "Azure IoT Hub needs the device id as client id".into(),
+                    );
                 }
                 Ok(())
             }

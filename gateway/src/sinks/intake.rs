@@ -110,17 +110,27 @@ impl Intake {
                 ack,
                 origin,
             } => {
+                let origin = origin.filter(|_| self.store.is_durable());
                 if let Some(o) = &origin
-                    && self.store.is_durable()
+                    && o.dup
+                    && self.store.seen(&o.source, o.pkid, o.digest)
                 {
-                    if o.dup && self.store.seen(&o.source, o.pkid, o.digest) {
-                        self.metrics.redelivered.fetch_add(1, Relaxed);
-                        self.hold(ack);
-                        return;
-                    }
+                    self.metrics.redelivered.fetch_add(1, Relaxed);
+                    self.hold(ack);
+                    return;
+                }
+                // No sync may cut an input in half: its outputs and its
+                // redelivery marker become durable together. The marker
+                // goes last, so a crash can only ever lose the marker (a
+                // duplicate), never outputs behind a marker (a loss).
+                let store = self.store.clone();
+                let _whole = store.item_guard();
+                router.dispatch(&record, |name, out| self.output(name, out));
+                if let Some(o) = &origin
+                    && !self.abandon
+                {
                     self.store.mark_seen(&o.source, o.pkid, o.digest);
                 }
-                router.dispatch(&record, |name, out| self.output(name, out));
                 ack
             }
             Item::Rejected {

@@ -125,7 +125,12 @@ pub async fn run(
     let mut out = match cfg.kind {
         SinkType::File => {
             let path = cfg.path.clone().unwrap_or_default();
-            match RotatingFile::open(path.clone(), cfg.rotate_bytes.0, cfg.keep, queue.is_durable()) {
+            match RotatingFile::open(
+                path.clone(),
+                cfg.rotate_bytes.0,
+                cfg.keep,
+                queue.is_durable(),
+            ) {
                 Ok(f) => Out::File(f),
                 Err(e) => {
                     tracing::error!(sink = %cfg.name, path = %path.display(), error = %e,

@@ -162,8 +162,10 @@ pub async fn run(
                     Some(t) => tracing::info!(sink = %cfg.name, host = %host, port,
                         down_s = t.elapsed().as_secs_f32(), queued = queue.len(),
                         "sink broker reachable again; draining the buffer"),
-                    None => tracing::info!(sink = %cfg.name, host = %host, port, queued = queue.len(),
-                        "sink connected"),
+                    None => {
+                        tracing::info!(sink = %cfg.name, host = %host, port, queued = queue.len(),
+                        "sink connected")
+                    }
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -183,7 +185,11 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                let resent: usize = requested.iter().chain(sent.values()).map(|p| p.seqs.len()).sum();
+                let resent: usize = requested
+                    .iter()
+                    .chain(sent.values())
+                    .map(|p| p.seqs.len())
+                    .sum();
                 queue.metrics.resent.fetch_add(resent as u64, Relaxed);
                 requested.clear();
                 sent.clear();

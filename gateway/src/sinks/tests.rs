@@ -30,7 +30,10 @@ type = "mqtt"
 host = "h"
 topic = "cloud/{gateway_id}/{id}/{pipeline}""#);
     let r = Render::new(&c, "gw1");
-    let out = r.render(&record_entry(42, serde_json::json!({"id": "s/1+", "temp_c": 21.5})));
+    let out = r.render(&record_entry(
+        42,
+        serde_json::json!({"id": "s/1+", "temp_c": 21.5}),
+    ));
     assert_eq!(out.topic, "cloud/gw1/s_1_/w1");
     assert_eq!(out.value["msg_id"], "gw1-42");
     assert_eq!(out.value["gateway_id"], "gw1");
@@ -68,11 +71,17 @@ fn presets_check_the_providers_rules() {
     assert_eq!(ok.check("gw"), Ok(()));
     assert_eq!(ok.port(), 8883);
     assert_eq!(ok.max_payload(), 128 * 1024);
-    let no_cert = cfg(&format!("{base}preset = \"aws-iot-core\"\ntls = {{ ca = \"{p}\" }}\n"));
+    let no_cert = cfg(&format!(
+        "{base}preset = \"aws-iot-core\"\ntls = {{ ca = \"{p}\" }}\n"
+    ));
     assert_eq!(no_cert.check("gw").unwrap_err().0, "tls.cert");
-    let big = cfg(&format!("{base}preset = \"aws-iot-core\"\nmax_payload = \"200 KiB\"\n{aws_tls}"));
+    let big = cfg(&format!(
+        "{base}preset = \"aws-iot-core\"\nmax_payload = \"200 KiB\"\n{aws_tls}"
+    ));
     assert_eq!(big.check("gw").unwrap_err().0, "max_payload");
-    let deep = cfg(&format!("{base}preset = \"aws-iot-core\"\ntopic = \"a/b/c/d/e/f/g/h/i\"\n{aws_tls}"));
+    let deep = cfg(&format!(
+        "{base}preset = \"aws-iot-core\"\ntopic = \"a/b/c/d/e/f/g/h/i\"\n{aws_tls}"
+    ));
     assert_eq!(deep.check("gw").unwrap_err().0, "topic");
     let azure = cfg(&format!(
         "name = \"c\"\ntype = \"mqtt\"\nhost = \"hub.azure-devices.net\"\npreset = \"azure-iot-hub\"\nclient_id = \"dev1\"\n{aws_tls}"
@@ -94,7 +103,12 @@ fn presets_check_the_providers_rules() {
 fn filled(n: u64) -> (Store, Queue) {
     let store = Store::memory();
     let q = store
-        .queue("s", BufferConfig::default(), false, &mut OpenReport::default())
+        .queue(
+            "s",
+            BufferConfig::default(),
+            false,
+            &mut OpenReport::default(),
+        )
         .unwrap();
     for _ in 0..n {
         q.push(store.take_seq(), &entry::encode(Kind::Record, 1, "p", b"x"));
@@ -118,7 +132,9 @@ fn selector_in_order_and_rewind() {
 #[test]
 fn selector_live_first_sends_fresh_records_first_with_a_backlog_share() {
     let (store, q) = filled(100); // backlog 1..=100
-    let mut s = Selector::new(Some(LiveFirst { backlog_share: 0.25 }));
+    let mut s = Selector::new(Some(LiveFirst {
+        backlog_share: 0.25,
+    }));
     s.rewind(store.next_seq());
     for _ in 0..100 {
         q.push(store.take_seq(), &entry::encode(Kind::Record, 1, "p", b"x")); // live 101..=200
@@ -133,7 +149,10 @@ fn selector_live_first_sends_fresh_records_first_with_a_backlog_share() {
     let live: Vec<u64> = order.iter().copied().filter(|&x| x > 100).collect();
     assert!(live.windows(2).all(|w| w[0] < w[1]));
     // With no live records left the backlog takes every send.
-    let rest: Vec<u64> = (0..200).flat_map(|_| s.take(&q, u64::MAX, 1)).map(|e| e.seq).collect();
+    let rest: Vec<u64> = (0..200)
+        .flat_map(|_| s.take(&q, u64::MAX, 1))
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(rest.len(), 160);
 }
 

@@ -78,6 +78,9 @@ pub struct Store {
     meta: Option<sled::Tree>,
     seen: Option<sled::Tree>,
     watermark: Option<File>,
+    /// Held while one input's writes are made, and by [`Store::sync`]:
+    /// a sync never makes half an input durable.
+    item: Mutex<()>,
 }
 
 /// Next to sled's files: the last synced `next_seq`, 8 bytes big-endian.
@@ -101,6 +104,7 @@ impl Store {
             meta: None,
             seen: None,
             watermark: None,
+            item: Mutex::new(()),
         }
     }
 
@@ -199,6 +203,7 @@ impl Store {
             meta: Some(meta),
             seen: Some(seen),
             watermark: Some(watermark),
+            item: Mutex::new(()),
         };
         Ok((store, report))
     }
@@ -206,6 +211,11 @@ impl Store {
     /// Whether entries live on disk.
     pub fn is_durable(&self) -> bool {
         self.db.is_some()
+    }
+
+    /// Hold while writing everything one input produces; syncs wait.
+    pub fn item_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.item)
     }
 
     /// The database directory (empty for a memory store).
@@ -290,10 +300,29 @@ impl Store {
                         source,
                     })?;
             }
-            db.flush().map_err(|source| StoreError::Sled {
-                path: self.path.display().to_string(),
-                source,
-            })?;
+            {
+                // Flush between inputs, not in the middle of one. If the
+                // pipeline thread holds on (waiting for room in a `block`
+                // queue, which needs this sync), flush anyway: a cut input
+                // is never acknowledged, so it costs a duplicate, not a loss.
+                let deadline = std::time::Instant::now() + Duration::from_millis(20);
+                let _whole = loop {
+                    match self.item.try_lock() {
+                        Ok(g) => break Some(g),
+                        Err(std::sync::TryLockError::Poisoned(p)) => break Some(p.into_inner()),
+                        Err(std::sync::TryLockError::WouldBlock)
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(Duration::from_micros(50))
+                        }
+                        Err(std::sync::TryLockError::WouldBlock) => break None,
+                    }
+                };
+                db.flush().map_err(|source| StoreError::Sled {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+            }
             if self.fsync
                 && let Some(f) = &self.sync_file
             {

@@ -127,11 +127,17 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Start one on `port`, persisting sessions in `dir`.
     pub fn start(dir: &Path, port: u16) -> Mosquitto {
+        Mosquitto::start_with(dir, port, "")
+    }
+
+    /// Start one on `port` with extra `mosquitto.conf` lines (for the
+    /// listener, such as TLS), persisting sessions in `dir`.
+    pub fn start_with(dir: &Path, port: u16, extra: &str) -> Mosquitto {
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
                 dir.display()
             ),
         )
@@ -159,32 +165,7 @@ impl Mosquitto {
         messages: &[String],
         extra: &[&str],
     ) {
-        let mut child = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-V",
-                version,
-                "-q",
-                &qos.to_string(),
-                "-t",
-                topic,
-                "-l",
-            ])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub is installed");
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            for m in messages {
-                writeln!(stdin, "{m}").unwrap();
-            }
-        }
-        assert!(child.wait().unwrap().success());
+        publish(self.port, version, qos, topic, messages, extra)
     }
 
     /// Stop it.
@@ -193,6 +174,190 @@ impl Mosquitto {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// Publish `messages` (one per line) with mosquitto_pub.
+pub fn publish(
+    port: u16,
+    version: &str,
+    qos: u8,
+    topic: &str,
+    messages: &[String],
+    extra: &[&str],
+) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            version,
+            "-q",
+            &qos.to_string(),
+            "-t",
+            topic,
+            "-l",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub is installed");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for m in messages {
+            writeln!(stdin, "{m}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+/// `mosquitto_sub` with a persistent session at QoS 1, collecting every
+/// JSON payload (arrays, from batched publishes, are flattened).
+pub struct Sub {
+    child: Child,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Sub {
+    /// Subscribe to `filter` on `port` as client `id`; `extra` adds
+    /// mosquitto_sub options (TLS files). Waits until subscribed.
+    pub fn start(port: u16, id: &str, filter: &str, extra: &[&str]) -> Sub {
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                id,
+                "-t",
+                filter,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is installed");
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(serde_json::Value::Array(v)) => g.lock().unwrap().extend(v),
+                    Ok(v) => g.lock().unwrap().push(v),
+                    Err(_) => g.lock().unwrap().push(serde_json::Value::String(line)),
+                }
+            }
+        });
+        // mosquitto_sub gives no sign of its SUBACK; the session exists once
+        // it connected, and a short wait covers the subscription.
+        std::thread::sleep(Duration::from_millis(400));
+        Sub { child, got }
+    }
+
+    /// Wait (bounded by `secs`) until `n` payloads arrived; returns them all.
+    pub fn wait(&self, n: usize, secs: u64) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let len = self.got.lock().unwrap().len();
+            if len >= n || Instant::now() > deadline {
+                return self.got.lock().unwrap().clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The payloads so far.
+    pub fn got(&self) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Make a CA, a server certificate for 127.0.0.1 and a client certificate
+/// with openssl (EC P-256), in `dir`; a second, unrelated CA as `other-ca.pem`.
+pub fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=weir-test-ca"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem]);
+        run(&args);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "weir-gateway")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={cn}");
+        let mut args = vec!["req", "-subj", &subj];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr]);
+        run(&args);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+    }
+    // mosquitto started as root drops to its own user, which must be able to
+    // reach and read these throwaway, test-only keys.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for key in ["server.key", "client.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 }
 

@@ -1,0 +1,509 @@
+//! Store-and-forward to a cloud broker, end to end against real mosquitto
+//! brokers on free loopback ports: W1 records go sensor -> local broker ->
+//! weir (three Wasm stages, durable buffer) -> "cloud" broker (TLS with
+//! client certificates where the test says so) -> a subscriber.
+//!
+//! - TLS: mTLS works; a wrong CA or no client certificate is refused with a
+//!   clear error, and the records wait in the buffer.
+//! - Outage: the cloud broker stops mid-stream and comes back; every record
+//!   arrives, in order per sensor.
+//! - Crash: SIGKILL at random moments during a 50,000-record QoS 1 stream;
+//!   nothing acknowledged is lost, duplicates share their message id.
+//! - Full buffer: block, drop-oldest and drop-newest each do what they say.
+//! - Damaged store: flipped bytes in sled's files; weir starts, reports the
+//!   damage, and serves the rest.
+//! - Starting with no connectivity at all.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Mosquitto, Serve, Sub, free_port, make_certs};
+
+const W1_STAGES: &str = r#"
+[defaults.limits]
+fuel = 200_000
+memory = "1 MiB"
+
+[[pipeline]]
+name = "w1"
+on_error = "dead-letter"
+  [[pipeline.stage]]
+  name = "range-filter"
+  module = "weir_w1_range_filter.wasm"
+  config = { min = -40.0, max = 85.0 }
+  [[pipeline.stage]]
+  name = "enrich"
+  module = "weir_w1_enrich.wasm"
+  [[pipeline.stage]]
+  name = "moving-average"
+  module = "weir_w1_moving_average.wasm"
+  grants = ["state"]
+  config = { window = 10 }
+"#;
+
+/// weir: an MQTT source on `src`, W1, and one MQTT sink described by `sink`
+/// (keys after `type = "mqtt"`); `store` adds `[store]` keys.
+fn config(dir: &Path, src: u16, sink: &str, store: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[gateway]
+id = "gw1"
+modules_dir = {modules:?}
+
+[store]
+path = {store_path:?}
+{store}
+
+[[source]]
+type = "mqtt"
+name = "sensors"
+host = "127.0.0.1"
+port = {src}
+client_id = "weir-cloud-test"
+subscribe = [ {{ filter = "sensors/#", qos = 1 }} ]
+inflight = 100
+
+{W1_STAGES}
+
+[[sink]]
+name = "cloud"
+type = "mqtt"
+host = "127.0.0.1"
+{sink}
+"#,
+        modules = testkit::modules_dir().display().to_string(),
+        store_path = dir.join("store").display().to_string(),
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `n` W1 readings as JSON lines, and the sequence numbers W1 keeps.
+fn readings(n: usize, seed: u64) -> (Vec<String>, Vec<u64>) {
+    let r = testkit::w1::generate(n, seed);
+    let kept = testkit::w1::reference(&r).iter().map(|e| e.seq).collect();
+    (r.iter().map(|x| x.json().to_string()).collect(), kept)
+}
+
+fn seqs(got: &[serde_json::Value]) -> Vec<u64> {
+    got.iter().filter_map(|v| v["seq"].as_u64()).collect()
+}
+
+/// Per sensor, the sequence numbers must arrive in increasing order
+/// (duplicates, re-sent after a reconnect, may repeat an earlier one).
+fn assert_ordered_per_sensor(got: &[serde_json::Value]) {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    for v in got {
+        let (id, seq) = (
+            v["id"].as_str().unwrap().to_string(),
+            v["seq"].as_u64().unwrap(),
+        );
+        if !seen.insert(seq) {
+            continue; // a duplicate of something already delivered
+        }
+        if let Some(prev) = last.insert(id.clone(), seq) {
+            assert!(prev < seq, "sensor {id}: {seq} arrived after {prev}");
+        }
+    }
+}
+
+fn mosquitto_dir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+#[test]
+fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d);
+    let tls_conf = format!(
+        "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+        d.display()
+    );
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cloud_port = free_port();
+    let cloud = Mosquitto::start_with(&mosquitto_dir(d, "cloud"), cloud_port, &tls_conf);
+    let p = d.display();
+    let sub_tls = [
+        "--cafile",
+        &format!("{p}/ca.pem"),
+        "--cert",
+        &format!("{p}/client.pem"),
+        "--key",
+        &format!("{p}/client.key"),
+    ]
+    .map(String::from);
+    let sub_args: Vec<&str> = sub_tls.iter().map(String::as_str).collect();
+    let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &sub_args);
+
+    // Wrong CA: refused, with the reason; records wait in the buffer.
+    let wrong = d.join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let sink = format!(
+        "port = {cloud_port}\ntls = {{ ca = \"{p}/other-ca.pem\", cert = \"{p}/client.pem\", key = \"{p}/client.key\" }}"
+    );
+    let weir = Serve::start(&config(&wrong, src.port, &sink, ""));
+    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    let (lines, kept) = readings(200, 11);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+    assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
+    let log = weir.stop();
+    assert!(log.contains("not signed by `tls.ca`"), "{log}");
+    assert!(
+        log.contains(&format!("queued={}", kept.len())),
+        "all kept in the buffer: {log}"
+    );
+    assert!(sub.got().is_empty());
+
+    // No client certificate: the broker refuses the handshake.
+    let nocert = d.join("nocert");
+    std::fs::create_dir_all(&nocert).unwrap();
+    let sink = format!("port = {cloud_port}\ntls = {{ ca = \"{p}/ca.pem\" }}");
+    let weir = Serve::start(&config(&nocert, src.port, &sink, ""));
+    assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
+    let log = weir.stop();
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+    assert!(!log.contains("sink connected"), "{log}");
+
+    // The right CA and client certificate: the buffered records go out.
+    let sink = format!(
+        "port = {cloud_port}\ntls = {{ ca = \"{p}/ca.pem\", cert = \"{p}/client.pem\", key = \"{p}/client.key\" }}"
+    );
+    let weir = Serve::start(&config(&wrong, src.port, &sink, ""));
+    let got = sub.wait(kept.len(), 60);
+    let log = weir.stop();
+    assert_eq!(seqs(&got), kept, "{log}");
+    let first = &got[0];
+    assert_eq!(first["gateway_id"], "gw1");
+    assert!(first["msg_id"].as_str().unwrap().starts_with("gw1-"));
+    assert!(first["temp_f"].is_number() && first["temp_avg10_c"].is_number());
+    let ids: HashSet<&str> = got.iter().map(|v| v["msg_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), got.len(), "message ids are unique");
+}
+
+#[test]
+fn cloud_outage_mid_stream_loses_nothing_and_keeps_order_per_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cloud_port = free_port();
+    let cloud_dir = mosquitto_dir(d, "cloud");
+    let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+    let sub = Sub::start(cloud_port, "cloud-sub", "cloud/#", &[]);
+    let weir = Serve::start(&config(
+        d,
+        src.port,
+        &format!("port = {cloud_port}\nbatch = 10"),
+        "",
+    ));
+    assert!(weir.wait_log("sink connected"), "{}", weir.log());
+
+    let (lines, kept) = readings(3000, 7);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines[..1000], &[]);
+    let before = sub.wait(1, 30).len();
+    assert!(before > 0);
+    cloud.stop();
+    assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
+    // Records keep coming in while the cloud is away.
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines[1000..], &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+    assert!(
+        weir.wait_log("sink broker reachable again"),
+        "{}",
+        weir.log()
+    );
+    let got = sub.wait(kept.len(), 60);
+    let log = weir.stop();
+    let unique: Vec<u64> = {
+        let mut s: Vec<u64> = seqs(&got);
+        s.sort();
+        s.dedup();
+        s
+    };
+    assert_eq!(unique, kept, "every record arrives: {log}");
+    assert_ordered_per_sensor(&got);
+    assert!(log.contains("outages=1"), "{log}");
+    drop(cloud);
+}
+
+#[test]
+fn starts_with_no_connectivity_then_forwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (src_port, cloud_port) = (free_port(), free_port());
+    // The cloud broker learns its subscriber's session, then goes away
+    // (persisting it), so nothing the gateway sends later can miss it.
+    let cloud_dir = mosquitto_dir(d, "cloud");
+    {
+        let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+        drop(Sub::start(cloud_port, "cloud-sub", "cloud/#", &[]));
+        cloud.stop();
+    }
+    // Neither broker is up when weir starts.
+    let weir = Serve::start(&config(d, src_port, &format!("port = {cloud_port}"), ""));
+    assert!(weir.wait_log("weir is serving"), "{}", weir.log());
+    assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), src_port);
+    assert!(weir.wait_log("MQTT broker is back"), "{}", weir.log());
+    let (lines, kept) = readings(300, 3);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+    let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+    assert!(
+        weir.wait_log("sink broker reachable again"),
+        "{}",
+        weir.log()
+    );
+    let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
+    let got = sub.wait(kept.len(), 60);
+    let log = weir.stop();
+    assert_eq!(seqs(&got), kept, "{log}");
+    assert!(log.contains("queued=0"), "{log}");
+}
+
+/// The cloud stays away while 400 records come in, with room for about
+/// 100 of them; then it comes back.
+fn full_buffer(policy: &str) -> (Vec<u64>, Vec<u64>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cloud_port = free_port();
+    // One stored entry of W1 output is ~200 bytes.
+    let sink = format!(
+        "port = {cloud_port}\nbuffer = {{ max_bytes = \"20 KiB\", when_full = \"{policy}\" }}"
+    );
+    let weir = Serve::start(&config(d, src.port, &sink, ""));
+    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    let (lines, kept) = readings(400, 5);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
+    let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
+    let expect = if policy == "block" { kept.len() } else { 1 };
+    let got = sub.wait(expect, 60);
+    // Let the rest arrive (bounded).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut got = seqs(&got);
+    got.extend(seqs(&sub.got()[got.len()..]));
+    let log = weir.stop();
+    (got, kept, log)
+}
+
+#[test]
+fn full_buffer_block_holds_back_the_sources_and_loses_nothing() {
+    let (got, kept, log) = full_buffer("block");
+    let mut g = got.clone();
+    g.sort();
+    g.dedup();
+    assert_eq!(g, kept, "{log}");
+    assert!(!log.contains("blocked=0"), "the intake waited: {log}");
+    assert!(
+        log.contains("dropped_oldest=0") && log.contains("dropped_newest=0"),
+        "{log}"
+    );
+}
+
+#[test]
+fn full_buffer_drop_oldest_keeps_the_newest() {
+    let (got, kept, log) = full_buffer("drop-oldest");
+    let dropped: u64 = field(&log, "dropped_oldest");
+    assert!(dropped > 0, "{log}");
+    assert_eq!(got.len() as u64 + dropped, kept.len() as u64, "{log}");
+    // What arrives is exactly the newest records.
+    assert_eq!(got, kept[kept.len() - got.len()..], "{log}");
+}
+
+#[test]
+fn full_buffer_drop_newest_keeps_the_oldest() {
+    let (got, kept, log) = full_buffer("drop-newest");
+    let dropped: u64 = field(&log, "dropped_newest");
+    assert!(dropped > 0, "{log}");
+    assert_eq!(got.len() as u64 + dropped, kept.len() as u64, "{log}");
+    assert_eq!(got, kept[..got.len()], "{log}");
+}
+
+/// `name=N` from the `sink done` log line.
+fn field(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("sink done"))
+        .unwrap_or_default();
+    let at = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("{name} in {line}"));
+    line[at + name.len() + 1..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn damaged_store_starts_reports_and_serves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cloud_port = free_port();
+    let cfg = config(d, src.port, &format!("port = {cloud_port}"), "");
+    // Buffer 2,000 records with the cloud away, then stop.
+    let weir = Serve::start(&cfg);
+    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    let (lines, kept) = readings(2000, 9);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !weir.log().contains("sink broker unreachable") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let log = weir.stop();
+    assert!(log.contains(&format!("queued={}", kept.len())), "{log}");
+
+    // Flip bytes in the middle of sled's log.
+    let db = d.join("store").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes.len() / 2;
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+
+    let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
+    let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
+    let weir = Serve::start(&cfg);
+    assert!(weir.wait_log("weir is serving"), "{}", weir.log());
+    assert!(weir.wait_log("the store was damaged"), "{}", weir.log());
+    let served_from_store = {
+        let log = weir.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("buffer opened"))
+            .unwrap()
+            .to_string();
+        let at = line.find("entries=").unwrap();
+        line[at + 8..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert!(served_from_store < kept.len(), "damage lost something");
+    let got = sub.wait(served_from_store, 60);
+    let log = weir.stop();
+    let got = seqs(&got);
+    assert_eq!(got.len(), served_from_store, "{log}");
+    // What is served is intact W1 output, in order.
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    assert!(got.iter().all(|s| kept.contains(s)));
+    drop(cloud);
+}
+
+/// SIGKILL at random moments during a QoS 1 stream of 50,000 records.
+#[test]
+fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cloud_port = free_port();
+    let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
+    let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
+    let cfg = config(
+        d,
+        src.port,
+        &format!("port = {cloud_port}\ninflight = 64\nbatch = 20"),
+        "",
+    );
+    const N: usize = 50_000;
+    let (lines, kept) = readings(N, 2024);
+    // The sensor side: mosquitto_pub at QoS 1 (every message PUBACKed by
+    // the local broker) in a thread, while weir is killed and restarted.
+    let publisher = {
+        let port = src.port;
+        std::thread::spawn(move || {
+            common::publish(port, "mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+        })
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut rng = seed;
+    let mut kills = 0;
+    let mut delivered_at_kill = Vec::new();
+    let mut weir = Serve::start(&cfg);
+    for _ in 0..8 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let wait = 300 + rng % 1200;
+        std::thread::sleep(Duration::from_millis(wait));
+        delivered_at_kill.push(sub.got().len());
+        weir.kill();
+        kills += 1;
+        weir = Serve::start(&cfg);
+    }
+    publisher.join().unwrap();
+    // Wait (bounded) until every kept record arrived at least once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let want: HashSet<u64> = kept.iter().copied().collect();
+    while Instant::now() < deadline {
+        let have: HashSet<u64> = seqs(&sub.got()).into_iter().collect();
+        if want.is_subset(&have) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give late duplicates a moment, then stop.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = sub.got();
+    let log = weir.stop();
+
+    let mut by_seq: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for v in &got {
+        by_seq
+            .entry(v["seq"].as_u64().unwrap())
+            .or_default()
+            .push(v["msg_id"].as_str().unwrap());
+    }
+    let delivered: Vec<u64> = by_seq.keys().copied().collect();
+    let lost: Vec<u64> = kept
+        .iter()
+        .copied()
+        .filter(|s| !by_seq.contains_key(s))
+        .collect();
+    let duplicates: usize = by_seq.values().map(|v| v.len() - 1).sum();
+    let split: Vec<(&u64, &Vec<&str>)> = by_seq
+        .iter()
+        .filter(|(_, v)| v.iter().any(|id| *id != v[0]))
+        .collect();
+    let same_id = split.is_empty();
+    eprintln!(
+        "crash test: seed {seed}, {kills} kills (delivered at each: {delivered_at_kill:?}); sent {N}, kept by W1 {}, delivered {}, duplicates {duplicates}, lost {}",
+        kept.len(),
+        delivered.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {} records, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert_eq!(delivered, kept, "nothing W1 drops arrives");
+    assert!(
+        same_id,
+        "every duplicate carries the message id of its first copy"
+    );
+    assert!(log.contains("weir is serving"));
+    drop(cloud);
+}
