@@ -507,3 +507,179 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
     assert!(log.contains("weir is serving"));
     drop(cloud);
 }
+
+/// `weir store inspect|verify|compact` on a store holding a backlog.
+#[test]
+fn store_commands_inspect_verify_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cfg = config(d, src.port, &format!("port = {}", free_port()), "");
+    let weir = Serve::start(&cfg);
+    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    let (lines, kept) = readings(500, 21);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !weir.log().contains("sink broker unreachable") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    weir.stop();
+
+    let weir_cmd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .args(["--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = weir_cmd(&["store", "inspect", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["queues"][0]["sink"], "cloud");
+    assert_eq!(v["queues"][0]["entries"], kept.len());
+    assert!(v["queues"][0]["oldest_age_s"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["ok"], true);
+    let (code, out, _) = weir_cmd(&["store", "verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 damaged entries found"), "{out}");
+
+    // Compaction keeps every entry and the sequence numbers.
+    let (code, out, err) = weir_cmd(&["store", "compact"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("{} entries kept", kept.len())),
+        "{out}"
+    );
+    let (_, out, _) = weir_cmd(&["store", "inspect", "--json"]);
+    let after: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(after["queues"][0]["entries"], kept.len());
+    assert_eq!(after["next_seq"], v["next_seq"]);
+
+    // Damage: verify says so and fails.
+    let db = d.join("store").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes.len() / 3;
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let (code, out, err) = weir_cmd(&["store", "verify"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert!(out.contains("sequence numbers lost"), "{out}");
+}
+
+/// A durable file sink (rotated) and a local republish in CBOR, side by side.
+#[test]
+fn file_sink_rotates_and_local_republish_in_cbor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let out = d.join("out").join("w1.jsonl");
+    let text = format!(
+        r#"
+[gateway]
+id = "gw2"
+modules_dir = {modules:?}
+
+[store]
+path = {store:?}
+
+[[source]]
+type = "mqtt"
+name = "sensors"
+host = "127.0.0.1"
+port = {port}
+subscribe = [ {{ filter = "sensors/#", qos = 1 }} ]
+{W1_STAGES}
+
+[[sink]]
+name = "archive"
+type = "file"
+path = {out:?}
+rotate_bytes = "16 KiB"
+keep = 100
+
+[[sink]]
+name = "local"
+type = "mqtt"
+host = "127.0.0.1"
+port = {port}
+topic = "local/{{id}}"
+format = "cbor"
+batch = 5
+"#,
+        modules = testkit::modules_dir().display().to_string(),
+        store = d.join("store").display().to_string(),
+        port = src.port,
+        out = out.display().to_string(),
+    );
+    let cfg = d.join("weir.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let sub = Sub::start(src.port, "local-sub", "local/#", &["-F", "%x"]);
+    let weir = Serve::start(&cfg);
+    assert!(weir.wait_log("sink connected"), "{}", weir.log());
+    let (lines, kept) = readings(500, 31);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
+    // CBOR arrays of up to 5 records, hex-printed by mosquitto_sub.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut local = Vec::new();
+    while Instant::now() < deadline {
+        local = sub
+            .got()
+            .iter()
+            .flat_map(|h| {
+                let h = match h {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(), // all-digit hex parses as a number
+                };
+                let bytes: Vec<u8> = (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                    .collect();
+                let v: serde_json::Value = serde_cbor::from_slice(&bytes).unwrap();
+                v.as_array().cloned().unwrap_or_else(|| vec![v])
+            })
+            .collect::<Vec<_>>();
+        if local.len() >= kept.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = weir.stop();
+    let mut got = seqs(&local);
+    got.sort();
+    assert_eq!(got, kept, "{log}");
+
+    // The file sink: rotated files plus the current one hold every record once.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() > 2, "rotated: {files:?}");
+    let mut archived = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            text.len() <= 16 * 1024,
+            "{} is {} bytes",
+            f.display(),
+            text.len()
+        );
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["pipeline"], "w1");
+            assert!(v["msg_id"].as_str().unwrap().starts_with("gw2-"));
+            archived.push(v["payload"]["seq"].as_u64().unwrap());
+        }
+    }
+    archived.sort();
+    assert_eq!(archived, kept);
+}

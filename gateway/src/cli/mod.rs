@@ -7,6 +7,7 @@ mod module;
 pub(crate) mod output;
 mod run;
 mod serve;
+mod store;
 
 use std::process::ExitCode;
 
@@ -30,8 +31,11 @@ enum Command {
     Run(run::RunArgs),
     /// Validate a config and load every module it names.
     Check(check::CheckArgs),
-    /// Run the gateway: sources, routing, pipelines (results to stdout).
+    /// Run the gateway: sources, pipelines, the durable buffer, sinks.
     Serve(serve::ServeArgs),
+    /// Inspect, verify or compact the durable buffer (daemon stopped).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// An error with the exit code it maps to.
@@ -69,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Store(cmd) => store::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -126,7 +126,18 @@ impl Store {
             .unwrap_or(0);
         let db = match open_sled(path, cfg) {
             Ok(db) => db,
-            Err(why) => {
+            // In use, or not permitted: an error, never "damage".
+            Err(Opened::Io(e)) => {
+                let msg = e.to_string();
+                return Err(io(if msg.contains("could not acquire lock") {
+                    std::io::Error::other(format!(
+                        "in use by another process (is `weir serve` running?): {msg}"
+                    ))
+                } else {
+                    e
+                }));
+            }
+            Err(Opened::Damaged(why)) => {
                 let aside = PathBuf::from(format!(
                     "{}.damaged-{}",
                     path.display(),
@@ -142,7 +153,7 @@ impl Store {
                 report.moved_aside = Some((aside, why));
                 open_sled(path, cfg).map_err(|e| {
                     io(std::io::Error::other(format!(
-                        "a fresh store cannot be opened either: {e}"
+                        "a fresh store cannot be opened either: {e:?}"
                     )))
                 })?
             }
@@ -393,6 +404,17 @@ impl Store {
         names
     }
 
+    /// Copy what is not queue content from `old` (redelivery markers, the
+    /// sequence high-water mark), for `weir store compact`.
+    pub fn carry_over(&self, old: &Store) {
+        if let (Some(to), Some(from)) = (&self.seen, &old.seen) {
+            for (k, v) in from.iter().flatten() {
+                let _ = to.insert(k, v);
+            }
+        }
+        self.next_seq.fetch_max(old.next_seq(), Relaxed);
+    }
+
     /// Drop a queue (and its damaged entries) entirely.
     pub fn drop_queue(&self, name: &str) -> Result<(), StoreError> {
         if let Some(db) = &self.db {
@@ -414,7 +436,16 @@ fn seen_key(source: &str, pkid: u16) -> Vec<u8> {
     k
 }
 
-fn open_sled(path: &Path, cfg: &StoreConfig) -> Result<sled::Db, String> {
+/// Why sled did not open.
+#[derive(Debug)]
+enum Opened {
+    /// An I/O error (in use, permissions): not the store's fault.
+    Io(std::io::Error),
+    /// Corruption, a sled bug report, or a panic in its recovery.
+    Damaged(String),
+}
+
+fn open_sled(path: &Path, cfg: &StoreConfig) -> Result<sled::Db, Opened> {
     let conf = sled::Config::new()
         .path(path)
         .cache_capacity(cfg.cache.0)
@@ -424,14 +455,17 @@ fn open_sled(path: &Path, cfg: &StoreConfig) -> Result<sled::Db, String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || conf.open()));
     match r {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(format!(
+        Ok(Err(sled::Error::Io(e))) if e.kind() != std::io::ErrorKind::InvalidData => {
+            Err(Opened::Io(e))
+        }
+        Ok(Err(e)) => Err(Opened::Damaged(e.to_string())),
+        Err(p) => Err(Opened::Damaged(format!(
             "sled panicked while recovering: {}",
             p.downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| p.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)")
-        )),
+        ))),
     }
 }
 
@@ -569,6 +603,22 @@ impl Queue {
             }
         }
         self.bytes.fetch_add(stored.len() as u64, Relaxed);
+    }
+
+    /// Insert stored bytes as they are, without bounds (for compaction).
+    pub fn copy_in(&self, seq: u64, stored: &[u8]) {
+        self.insert(seq, stored);
+    }
+
+    /// Copy the damaged entries kept aside into `to` (for compaction).
+    pub fn copy_damaged_to(&self, to: &Queue) {
+        if let (Backing::Sled { damaged: from, .. }, Backing::Sled { damaged: dst, .. }) =
+            (&self.backing, &to.backing)
+        {
+            for (k, v) in from.iter().flatten() {
+                let _ = dst.insert(k, v);
+            }
+        }
     }
 
     /// Remove the entry `seq`; false if it was not there (already
@@ -731,18 +781,6 @@ impl Queue {
     pub fn damaged_kept(&self) -> u64 {
         match &self.backing {
             Backing::Sled { damaged, .. } => damaged.len() as u64,
-            Backing::Memory(_) => 0,
-        }
-    }
-
-    /// Remove the damaged entries kept aside; returns how many.
-    pub fn clear_damaged(&self) -> u64 {
-        match &self.backing {
-            Backing::Sled { damaged, .. } => {
-                let n = damaged.len() as u64;
-                let _ = damaged.clear();
-                n
-            }
             Backing::Memory(_) => 0,
         }
     }

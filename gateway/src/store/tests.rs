@@ -223,12 +223,30 @@ fn damaged_entries_are_moved_aside_at_open_and_on_read() {
 fn an_unopenable_store_is_moved_aside_and_a_fresh_one_used() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    // A file where the directory should be: sled cannot open it.
-    std::fs::write(&path, b"not a database").unwrap();
+    drop(Store::open(&path, &StoreConfig::default()).unwrap());
+    // sled checks its config file's checksum: damage it.
+    std::fs::write(
+        path.join("conf"),
+        b"segment_size: garbage\n\x01\x02\x03\x04",
+    )
+    .unwrap();
     let (store, report) = Store::open(&path, &StoreConfig::default()).unwrap();
     let (aside, why) = report.moved_aside.expect("reported");
-    assert!(aside.exists(), "{why}");
+    assert!(aside.join("conf").exists(), "{why}");
     assert!(store.is_durable());
+}
+
+#[test]
+fn a_store_in_use_is_an_error_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let (_open, _) = Store::open(&path, &StoreConfig::default()).unwrap();
+    let err = Store::open(&path, &StoreConfig::default())
+        .err()
+        .expect("locked");
+    assert!(err.to_string().contains("in use"), "{err}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "nothing moved aside");
 }
 
 #[test]

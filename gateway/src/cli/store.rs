@@ -1,0 +1,245 @@
+//! `weir store inspect|verify|compact --config FILE`: the durable buffer,
+//! per sink, while the daemon is stopped (sled locks the store).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::Failure;
+use crate::config::Config;
+use crate::sinks::SinkConfig;
+use crate::store::{BufferConfig, OpenReport, Store, StoreConfig};
+
+/// `weir store ...`.
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Show, per sink queue: depth, bytes, age of the oldest entry.
+    Inspect(StoreArgs),
+    /// Check every entry's checksum; exit 1 if anything is damaged.
+    Verify(StoreArgs),
+    /// Rewrite the store: drop expired entries (and, if asked, queues of
+    /// sinks no longer configured and damaged entries kept aside), and give
+    /// the space back.
+    Compact(CompactArgs),
+}
+
+/// Which store.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The gateway config (the store path and the sinks come from it).
+    #[arg(long, short, default_value = "/etc/weir/weir.toml")]
+    config: PathBuf,
+    /// The store directory, overriding the config's.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `weir store compact` arguments.
+#[derive(Args)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Also remove queues of sinks no longer in the config.
+    #[arg(long)]
+    drop_orphans: bool,
+    /// Also remove damaged entries kept aside.
+    #[arg(long)]
+    clear_damaged: bool,
+}
+
+pub(super) fn run(cmd: StoreCommand) -> Result<(), Failure> {
+    match cmd {
+        StoreCommand::Inspect(a) => inspect(&a, false),
+        StoreCommand::Verify(a) => inspect(&a, true),
+        StoreCommand::Compact(a) => compact(&a),
+    }
+}
+
+fn open(a: &StoreArgs) -> Result<(Config, PathBuf, Store, OpenReport), Failure> {
+    let cfg = Config::load(&a.config).map_err(Failure::refused)?;
+    let path = a.path.clone().unwrap_or_else(|| cfg.store_path());
+    if !path.join("db").is_file() {
+        return Err(anyhow::anyhow!("no store at {}", path.display()).into());
+    }
+    let (store, report) = Store::open(&path, &cfg.store)?;
+    Ok((cfg, path, store, report))
+}
+
+fn buffer_of(sinks: &[SinkConfig], name: &str) -> BufferConfig {
+    sinks
+        .iter()
+        .find(|s| s.name == name)
+        .map_or(BufferConfig::default(), |s| s.buffer)
+}
+
+fn inspect(a: &StoreArgs, verify: bool) -> Result<(), Failure> {
+    let (cfg, path, store, mut report) = open(a)?;
+    let sinks = cfg.sinks();
+    let now = crate::record::now_ms();
+    let mut rows = Vec::new();
+    for name in store.queue_names() {
+        // `inspect` does not expire anything: age 0 means "never".
+        let mut buffer = buffer_of(&sinks, &name);
+        buffer.max_age = std::time::Duration::ZERO;
+        let q = store.queue(&name, buffer, true, &mut report)?;
+        let oldest = q.oldest();
+        rows.push(json!({
+            "sink": name,
+            "configured": sinks.iter().any(|s| s.name == name),
+            "entries": q.len(),
+            "bytes": q.bytes(),
+            "max_bytes": buffer_of(&sinks, &name).max_bytes.0,
+            "oldest_seq": oldest.map(|o| o.0),
+            "oldest_age_s": oldest.map(|o| now.saturating_sub(o.1) as f64 / 1000.0),
+            "damaged_kept": q.damaged_kept(),
+        }));
+    }
+    let damage = report.damaged > 0 || report.lost_seqs > 0 || report.moved_aside.is_some();
+    let summary = json!({
+        "path": path.display().to_string(),
+        "size_on_disk": store.size_on_disk(),
+        "next_seq": store.next_seq(),
+        "queues": rows,
+        "damaged_found": report.damaged,
+        "lost_seqs": report.lost_seqs,
+        "moved_aside": report.moved_aside.as_ref().map(|m| json!({"to": m.0.display().to_string(), "why": m.1})),
+        "ok": !damage,
+    });
+    if a.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "store {} ({} bytes on disk, next seq {})",
+            path.display(),
+            store.size_on_disk(),
+            store.next_seq()
+        );
+        println!(
+            "{:<20} {:>10} {:>12} {:>12} {:>14} {:>8}",
+            "sink", "entries", "bytes", "max_bytes", "oldest_age_s", "damaged"
+        );
+        for r in summary["queues"].as_array().into_iter().flatten() {
+            println!(
+                "{:<20} {:>10} {:>12} {:>12} {:>14} {:>8}{}",
+                r["sink"].as_str().unwrap_or(""),
+                r["entries"],
+                r["bytes"],
+                r["max_bytes"],
+                r["oldest_age_s"]
+                    .as_f64()
+                    .map_or("-".into(), |s| format!("{s:.1}")),
+                r["damaged_kept"],
+                if r["configured"] == true {
+                    ""
+                } else {
+                    "  (no such sink configured)"
+                }
+            );
+        }
+        if verify || damage {
+            println!(
+                "integrity: {} damaged entries found, {} sequence numbers lost{}",
+                report.damaged,
+                report.lost_seqs,
+                report
+                    .moved_aside
+                    .as_ref()
+                    .map_or(String::new(), |m| format!(
+                        "; unopenable store moved to {} ({})",
+                        m.0.display(),
+                        m.1
+                    ))
+            );
+        }
+    }
+    if verify && damage {
+        return Err(anyhow::anyhow!(
+            "the store is damaged (details above); the intact entries are served"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn compact(a: &CompactArgs) -> Result<(), Failure> {
+    let (cfg, path, store, mut report) = open(&a.store)?;
+    let sinks = cfg.sinks();
+    let before = dir_size(&path);
+    let fresh_path = PathBuf::from(format!("{}.compacting", path.display()));
+    if fresh_path.exists() {
+        std::fs::remove_dir_all(&fresh_path)?;
+    }
+    let store_cfg = StoreConfig {
+        path: None,
+        ..cfg.store.clone()
+    };
+    let (fresh, _) = Store::open(&fresh_path, &store_cfg)?;
+    let mut moved = 0u64;
+    let mut dropped_queues = Vec::new();
+    for name in store.queue_names() {
+        let configured = sinks.iter().any(|s| s.name == name);
+        if !configured && a.drop_orphans {
+            dropped_queues.push(name);
+            continue;
+        }
+        let q = store.queue(&name, buffer_of(&sinks, &name), true, &mut report)?;
+        let to = fresh.queue(
+            &name,
+            buffer_of(&sinks, &name),
+            true,
+            &mut OpenReport::default(),
+        )?;
+        let mut from = 0;
+        loop {
+            let batch = q.read(from, u64::MAX, 1024);
+            let Some(last) = batch.last() else { break };
+            from = last.seq + 1;
+            for e in &batch {
+                let stored =
+                    crate::store::entry::encode(e.kind, e.enqueued_ms, &e.pipeline, &e.body);
+                to.copy_in(e.seq, &stored);
+                moved += 1;
+            }
+        }
+        if !a.clear_damaged {
+            q.copy_damaged_to(&to);
+        }
+    }
+    fresh.carry_over(&store);
+    fresh.sync(store.next_seq().max(fresh.next_seq()))?;
+    drop((store, fresh));
+    let old = PathBuf::from(format!("{}.old", path.display()));
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    std::fs::rename(&path, &old)?;
+    std::fs::rename(&fresh_path, &path)?;
+    std::fs::remove_dir_all(&old)?;
+    let after = dir_size(&path);
+    println!(
+        "compacted {}: {moved} entries kept, {} expired, {} damaged found; {} queues dropped {:?}; {before} -> {after} bytes",
+        path.display(),
+        report.expired,
+        report.damaged,
+        dropped_queues.len(),
+        dropped_queues
+    );
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
