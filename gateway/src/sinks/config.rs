@@ -306,8 +306,8 @@ impl SinkConfig {
     pub fn inflight(&self) -> u16 {
         self.inflight
             .unwrap_or(match self.preset {
-                Some(p) => p.facts().max_inflight.min(32),
-                None => 32,
+                Some(p) => p.facts().max_inflight.min(100),
+                None => 100,
             })
             .max(1)
     }

@@ -207,6 +207,14 @@ impl Selector {
         }
     }
 
+    /// Give back entries from `seq` on (taken, not sent): they come next.
+    pub fn unread(&mut self, seq: u64) {
+        match &mut self.live {
+            Some(l) if seq >= l.from => l.next = l.next.min(seq),
+            _ => self.next = self.next.min(seq),
+        }
+    }
+
     /// Up to `max` deliverable entries (below `durable`), in order within
     /// the part chosen. Advances past them.
     pub fn take(&mut self, q: &Queue, durable: u64, max: usize) -> Vec<Entry> {

@@ -86,18 +86,32 @@ pub async fn run(
         }
         let mut wake_at = now + Duration::from_secs(1);
         if connected {
-            // Fill the in-flight window.
-            while requested.len() + sent.len() < window {
+            // Fill the in-flight window: read what the free slots can
+            // carry at once, publish group by group, give back the rest.
+            'fill: while requested.len() + sent.len() < window {
                 if let Some(t) = rate.wait(Instant::now()) {
                     wake_at = wake_at.min(t);
                     break;
                 }
-                let entries = selector.take(&queue, store.durable_seq(), cfg.batch);
+                let room = window - requested.len() - sent.len();
+                // Under a rate cap, one publish at a time.
+                let slots = if cfg.rate.records_per_s.is_some() || cfg.rate.bytes_per_s.is_some() {
+                    1
+                } else {
+                    room
+                };
+                let entries = selector.take(&queue, store.durable_seq(), slots * cfg.batch);
                 if entries.is_empty() {
                     break;
                 }
                 let rendered: Vec<Rendered> = entries.iter().map(|e| render.render(e)).collect();
-                for group in batches(&render, rendered, max_payload) {
+                let groups = batches(&render, rendered, cfg.batch, max_payload);
+                let mut used = 0;
+                for group in groups {
+                    if used == slots {
+                        selector.unread(group[0].seq);
+                        break 'fill;
+                    }
                     let payload = render.encode(&group);
                     if payload.len() > max_payload {
                         // Only a single record can be this large: it can never go.
@@ -114,11 +128,12 @@ pub async fn run(
                         client.try_publish(group[0].topic.clone(), QoS::AtLeastOnce, false, payload)
                     {
                         // Cannot happen with the window below the channel size;
-                        // if it does, the entries are read again after a rewind.
+                        // if it does, the entries are read again.
                         tracing::warn!(sink = %cfg.name, error = %e, "publish request refused");
-                        selector.rewind(store.next_seq());
-                        break;
+                        selector.unread(seqs[0]);
+                        break 'fill;
                     }
+                    used += 1;
                     rate.spend(Instant::now(), seqs.len(), bytes);
                     requested.push_back(Publish { seqs, bytes });
                 }
@@ -212,15 +227,21 @@ pub async fn run(
 }
 
 /// Split rendered records into publishes: consecutive records with the
-/// same topic, at most `cfg.batch` of them, within `max_payload`.
-fn batches(render: &Render, rendered: Vec<Rendered>, max_payload: usize) -> Vec<Vec<Rendered>> {
+/// same topic, at most `batch` of them, within `max_payload`.
+fn batches(
+    render: &Render,
+    rendered: Vec<Rendered>,
+    batch: usize,
+    max_payload: usize,
+) -> Vec<Vec<Rendered>> {
     let mut out: Vec<Vec<Rendered>> = Vec::new();
     for r in rendered {
         if let Some(last) = out.last_mut()
             && last[0].topic == r.topic
+            && last.len() < batch
         {
             last.push(r);
-            if last.len() > 1 && render.encode(last).len() > max_payload {
+            if render.encode(last).len() > max_payload {
                 let r = last.pop().expect("just pushed");
                 out.push(vec![r]);
             }

@@ -44,7 +44,7 @@ fn yes() -> bool {
 }
 
 fn default_cache() -> ByteSize {
-    ByteSize(4 << 20)
+    ByteSize(1 << 20)
 }
 
 /// What a full buffer does with one more record.

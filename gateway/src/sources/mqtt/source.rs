@@ -463,6 +463,9 @@ mod v5 {
             .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
             .set_manual_acks(true)
             .set_receive_maximum(Some(cfg.inflight.max(1)))
+            // A source never publishes; rumqttc otherwise sizes its
+            // outgoing table for 65,535 publishes (14 MB).
+            .set_outgoing_inflight_upper_limit(8)
             .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
         if let Some(user) = &cfg.username {
             opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
