@@ -488,9 +488,10 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
         .collect();
     let same_id = split.is_empty();
     eprintln!(
-        "crash test: seed {seed}, {kills} kills (delivered at each: {delivered_at_kill:?}); sent {N}, kept by W1 {}, delivered {}, duplicates {duplicates}, lost {}",
+        "crash test: seed {seed}, {kills} kills (delivered at each: {delivered_at_kill:?}); sent {N}, kept by W1 {}, delivered {}, duplicates {duplicates}, of which under a new message id {}, lost {}",
         kept.len(),
         delivered.len(),
+        split.len(),
         lost.len()
     );
     assert!(
@@ -502,7 +503,9 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
     assert_eq!(delivered, kept, "nothing W1 drops arrives");
     assert!(
         same_id,
-        "every duplicate carries the message id of its first copy"
+        "every duplicate carries the message id of its first copy; {} do not, e.g. {:?}",
+        split.len(),
+        &split[..split.len().min(5)]
     );
     assert!(log.contains("weir is serving"));
     drop(cloud);

@@ -3,7 +3,8 @@
 //! - `setup`:   install what the build needs if it is missing (rustup targets,
 //!   apt packages), so a fresh Debian/Ubuntu machine works.
 //! - `modules`: build every guest module into `target/modules/`.
-//! - `demo`:    run the W1 pipeline over the bundled sample records.
+//! - `demo`:    store-and-forward W1 between two throwaway local brokers
+//!   (`demo run`: W1 over the bundled sample records, no broker).
 //! - `test`:    the full test suite (what CI runs): fmt, clippy, all tests.
 //! - `bench`:   the benchmarks, each printing a ratio against its baseline.
 //! - `cross`:   ARM builds (aarch64, armv7) with Debian's cross compilers,
@@ -146,17 +147,181 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Weir's main job with nothing to start by hand: two throwaway mosquitto
+/// brokers on free loopback ports (the sensors' and the "cloud"), `weir
+/// serve` with W1 and the durable buffer between them, the bundled sample
+/// records published at QoS 1, and what reaches the cloud printed.
+/// `cargo xtask demo run` runs W1 over the samples without any broker.
 fn demo(root: &Path, rest: &[String]) -> Result<(), String> {
     modules(root)?;
     run(cargo()
         .current_dir(root)
         .args(["build", "--release", "-p", "weir"]))?;
-    let input = rest
-        .first()
-        .map_or("pipelines/samples/w1.jsonl", String::as_str);
-    run(Command::new(root.join("target/release/weir"))
-        .current_dir(root)
-        .args(["run", "--config", "pipelines/w1.toml", "--input", input]))
+    let weir = root.join("target/release/weir");
+    let samples = root.join("pipelines/samples/w1.jsonl");
+    if rest.first().map(String::as_str) == Some("run") {
+        return run(Command::new(&weir)
+            .current_dir(root)
+            .args(["run", "--config", "pipelines/w1.toml", "--input"])
+            .arg(&samples));
+    }
+    let dir = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = demo_forward(root, &dir, &weir, &samples);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A child process killed (by PID) when dropped.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn mosquitto(dir: &Path, port: u16) -> Result<Child, String> {
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("mosquitto: {e} (`cargo xtask setup` installs it)"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err("mosquitto did not start".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(Child(child))
+}
+
+fn demo_forward(root: &Path, dir: &Path, weir: &Path, samples: &Path) -> Result<(), String> {
+    let (local, cloud) = (free_port()?, free_port()?);
+    let _local = mosquitto(dir, local)?;
+    let _cloud = mosquitto(dir, cloud)?;
+    let w1 = std::fs::read_to_string(root.join("pipelines/w1.toml")).map_err(|e| e.to_string())?;
+    let w1 = w1.replace(
+        "modules_dir = \"../target/modules\"",
+        &format!(
+            "modules_dir = {:?}",
+            root.join("target/modules").display().to_string()
+        ),
+    );
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{w1}\n[store]\npath = {store:?}\n\n[[source]]\ntype = \"mqtt\"\nname = \"sensors\"\nhost = \"127.0.0.1\"\nport = {local}\nsubscribe = [ {{ filter = \"sensors/#\", qos = 1 }} ]\n\n[[sink]]\nname = \"cloud\"\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {cloud}\ntopic = \"cloud/{{gateway_id}}/telemetry\"\n",
+            store = dir.join("store").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let lines = std::fs::read_to_string(samples).map_err(|e| e.to_string())?;
+    let kept = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["temp_c"]
+                .as_f64()
+                .is_some_and(|t| (-40.0..=85.0).contains(&t))
+        })
+        .count();
+    eprintln!(
+        "demo: sensors broker 127.0.0.1:{local}, cloud broker 127.0.0.1:{cloud}, config {}",
+        config.display()
+    );
+    // The cloud side: print what arrives, stop after every kept record.
+    let sub = Child(
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cloud.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "cloud/#",
+            ])
+            .args(["-C", &kept.to_string(), "-W", "60"])
+            .spawn()
+            .map_err(|e| format!("mosquitto_sub: {e}"))?,
+    );
+    let serve = Child(
+        Command::new(weir)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    run(Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &local.to_string(), "-q", "1"])
+        .args(["-t", "sensors/demo/telemetry", "-f"])
+        .arg(samples)
+        .arg("-l"))
+    .or_else(|_| -> Result<(), String> {
+        // Older mosquitto_pub takes -l only with stdin.
+        let mut p = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &local.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "sensors/demo/telemetry",
+                "-l",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        use std::io::Write;
+        p.stdin
+            .take()
+            .expect("piped")
+            .write_all(lines.as_bytes())
+            .map_err(|e| e.to_string())?;
+        p.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    })?;
+    let mut sub = sub;
+    let status = sub.0.wait().map_err(|e| e.to_string())?;
+    // Stop weir cleanly: it logs every counter.
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status();
+    let mut serve = serve;
+    let _ = serve.0.wait();
+    if status.success() {
+        eprintln!(
+            "demo: {kept} of {} sample records reached the cloud broker through W1 and the durable buffer",
+            lines.lines().count()
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "the cloud subscriber did not get all {kept} records: {status}"
+        ))
+    }
 }
 
 fn test(root: &Path) -> Result<(), String> {

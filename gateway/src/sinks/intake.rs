@@ -16,7 +16,7 @@ use super::{Include, SinkConfig};
 use crate::pipeline::PipelineOutput;
 use crate::record::now_ms;
 use crate::routing::Router;
-use crate::sources::{Ack, Item};
+use crate::sources::{Ack, Item, Origin};
 use crate::store::{Kind, Pushed, Queue, Store, entry, wait_until};
 
 /// Acknowledgements waiting for entries below `upto` to be synced.
@@ -64,6 +64,8 @@ pub struct Intake {
     /// Counters.
     pub metrics: Arc<IntakeMetrics>,
     abandon: bool,
+    /// The current input's admitted outputs: (route, seq, stored bytes).
+    puts: Vec<(usize, u64, Vec<u8>)>,
 }
 
 impl Intake {
@@ -90,6 +92,7 @@ impl Intake {
             stopping,
             metrics: Arc::default(),
             abandon: false,
+            puts: Vec::new(),
         }
     }
 
@@ -119,17 +122,9 @@ impl Intake {
                     self.hold(ack);
                     return;
                 }
-                // No sync may cut an input in half: its outputs and its
-                // redelivery marker become durable together. The marker
-                // goes last, so a crash can only ever lose the marker (a
-                // duplicate), never outputs behind a marker (a loss).
-                let store = self.store.clone();
-                let _whole = store.item_guard();
                 router.dispatch(&record, |name, out| self.output(name, out));
-                if let Some(o) = &origin
-                    && !self.abandon
-                {
-                    self.store.mark_seen(&o.source, o.pkid, o.digest);
+                if !self.abandon {
+                    self.commit(origin.as_ref());
                 }
                 ack
             }
@@ -148,10 +143,14 @@ impl Intake {
                     "payload_bytes": bytes,
                 });
                 self.push("", Kind::DeadLetter, line.to_string().as_bytes());
+                if !self.abandon {
+                    self.commit(None);
+                }
                 ack
             }
         };
         if self.abandon {
+            self.puts.clear();
             self.metrics.abandoned.fetch_add(1, Relaxed);
             drop(ack);
         } else {
@@ -177,6 +176,8 @@ impl Intake {
         }
     }
 
+    /// Admit one output into every queue that wants it; it is written with
+    /// the rest of the input's output by [`Intake::commit`].
     fn push(&mut self, pipeline: &str, kind: Kind, body: &[u8]) {
         if self.abandon {
             return;
@@ -192,22 +193,51 @@ impl Intake {
         let seq = self.store.take_seq();
         for i in wanted {
             let q = self.routes[i].queue.clone();
-            if q.push(seq, &stored) != Pushed::Full {
-                continue;
+            let need = stored.len() as u64;
+            match q.admit(need) {
+                Pushed::Stored => {}
+                Pushed::Refused => continue,
+                Pushed::Full => {
+                    // `block`: let what is queued become deliverable, then wait.
+                    q.metrics.blocked.fetch_add(1, Relaxed);
+                    self.submit();
+                    let stopping = self.stopping.clone();
+                    let mut refused = false;
+                    let ok = wait_until(
+                        || match q.admit(need) {
+                            Pushed::Full => false,
+                            Pushed::Refused => {
+                                refused = true;
+                                true
+                            }
+                            Pushed::Stored => true,
+                        },
+                        || stopping.load(Relaxed),
+                    );
+                    if !ok {
+                        self.abandon = true;
+                        return;
+                    }
+                    if refused {
+                        continue;
+                    }
+                }
             }
-            // `block`: let what is queued become deliverable, then wait.
-            q.metrics.blocked.fetch_add(1, Relaxed);
-            self.submit();
-            let stopping = self.stopping.clone();
-            let ok = wait_until(
-                || q.push(seq, &stored) != Pushed::Full,
-                || stopping.load(Relaxed),
-            );
-            if !ok {
-                self.abandon = true;
-                return;
-            }
+            self.puts.push((i, seq, stored.clone()));
         }
+    }
+
+    /// Write what the input produced, with its redelivery marker, at once.
+    fn commit(&mut self, origin: Option<&Origin>) {
+        if self.puts.is_empty() && origin.is_none() {
+            return;
+        }
+        let puts: Vec<(&Queue, u64, Vec<u8>)> = self
+            .puts
+            .drain(..)
+            .map(|(i, seq, stored)| (&*self.routes[i].queue, seq, stored))
+            .collect();
+        self.store.commit(&puts, origin);
     }
 
     /// Hand the held acknowledgements to the sync thread with the batch.

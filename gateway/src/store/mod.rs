@@ -28,6 +28,8 @@ use std::time::Duration;
 pub use config::{BufferConfig, StoreConfig, WhenFull, duration};
 pub use entry::{Entry, EntryError, Kind};
 
+use crate::sources::Origin;
+
 /// What can go wrong with the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,9 +80,6 @@ pub struct Store {
     meta: Option<sled::Tree>,
     seen: Option<sled::Tree>,
     watermark: Option<File>,
-    /// Held while one input's writes are made, and by [`Store::sync`]:
-    /// a sync never makes half an input durable.
-    item: Mutex<()>,
 }
 
 /// Next to sled's files: the last synced `next_seq`, 8 bytes big-endian.
@@ -104,7 +103,6 @@ impl Store {
             meta: None,
             seen: None,
             watermark: None,
-            item: Mutex::new(()),
         }
     }
 
@@ -214,7 +212,6 @@ impl Store {
             meta: Some(meta),
             seen: Some(seen),
             watermark: Some(watermark),
-            item: Mutex::new(()),
         };
         Ok((store, report))
     }
@@ -224,9 +221,64 @@ impl Store {
         self.db.is_some()
     }
 
-    /// Hold while writing everything one input produces; syncs wait.
-    pub fn item_guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        lock(&self.item)
+    /// Write everything one input produced, and its redelivery marker, as
+    /// one sled transaction: sled's recovery keeps all of it or none, even
+    /// when sled writes a full log buffer on its own between two syncs.
+    /// Queues kept in memory are written directly.
+    pub fn commit(&self, puts: &[(&Queue, u64, Vec<u8>)], marker: Option<&Origin>) {
+        let mut trees: Vec<&sled::Tree> = Vec::new();
+        let mut index = Vec::with_capacity(puts.len());
+        for (q, _, _) in puts {
+            index.push(match &q.backing {
+                Backing::Sled { tree, .. } => {
+                    let at = trees.iter().position(|t| t.name() == tree.name());
+                    Some(at.unwrap_or_else(|| {
+                        trees.push(tree);
+                        trees.len() - 1
+                    }))
+                }
+                Backing::Memory(_) => None,
+            });
+        }
+        let marker = match (marker, &self.seen) {
+            (Some(o), Some(seen)) => {
+                trees.push(seen);
+                Some((seen_key(&o.source, o.pkid), o.digest.to_le_bytes()))
+            }
+            _ => None,
+        };
+        let old = std::cell::RefCell::new(vec![None; puts.len()]);
+        if !trees.is_empty() {
+            use sled::Transactional;
+            let r: sled::transaction::TransactionResult<(), ()> =
+                trees.as_slice().transaction(|tx| {
+                    for (i, ((_, seq, stored), at)) in puts.iter().zip(&index).enumerate() {
+                        if let Some(at) = at {
+                            old.borrow_mut()[i] = tx[*at]
+                                .insert(&seq.to_be_bytes(), stored.as_slice())?
+                                .map(|v| v.len());
+                        }
+                    }
+                    if let Some((k, v)) = &marker {
+                        tx[tx.len() - 1].insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Ok(())
+                });
+            if let Err(e) = r {
+                // sled writes into memory; I/O trouble surfaces at sync,
+                // which keeps the input unacknowledged.
+                tracing::error!(error = ?e, "store write failed");
+                return;
+            }
+        }
+        let old = old.into_inner();
+        for (i, ((q, seq, stored), at)) in puts.iter().zip(&index).enumerate() {
+            match at {
+                Some(_) => q.account(old[i], stored.len()),
+                None => q.insert(*seq, stored),
+            }
+            q.metrics.enqueued.fetch_add(1, Relaxed);
+        }
     }
 
     /// The database directory (empty for a memory store).
@@ -311,29 +363,10 @@ impl Store {
                         source,
                     })?;
             }
-            {
-                // Flush between inputs, not in the middle of one. If the
-                // pipeline thread holds on (waiting for room in a `block`
-                // queue, which needs this sync), flush anyway: a cut input
-                // is never acknowledged, so it costs a duplicate, not a loss.
-                let deadline = std::time::Instant::now() + Duration::from_millis(20);
-                let _whole = loop {
-                    match self.item.try_lock() {
-                        Ok(g) => break Some(g),
-                        Err(std::sync::TryLockError::Poisoned(p)) => break Some(p.into_inner()),
-                        Err(std::sync::TryLockError::WouldBlock)
-                            if std::time::Instant::now() < deadline =>
-                        {
-                            std::thread::sleep(Duration::from_micros(50))
-                        }
-                        Err(std::sync::TryLockError::WouldBlock) => break None,
-                    }
-                };
-                db.flush().map_err(|source| StoreError::Sled {
-                    path: self.path.display().to_string(),
-                    source,
-                })?;
-            }
+            db.flush().map_err(|source| StoreError::Sled {
+                path: self.path.display().to_string(),
+                source,
+            })?;
             if self.fsync
                 && let Some(f) = &self.sync_file
             {
@@ -367,16 +400,6 @@ impl Store {
             return false;
         };
         matches!(seen.get(seen_key(source, pkid)), Ok(Some(v)) if v.as_ref() == digest.to_le_bytes())
-    }
-
-    /// Remember that `(source, packet id)` with this digest was taken in;
-    /// made durable with the batch.
-    pub fn mark_seen(&self, source: &str, pkid: u16, digest: u32) {
-        if let Some(seen) = &self.seen
-            && let Err(e) = seen.insert(seen_key(source, pkid), &digest.to_le_bytes())
-        {
-            tracing::warn!(error = %e, "cannot record an input for redelivery detection");
-        }
     }
 
     /// sled's own view of the database size on disk.
@@ -555,9 +578,9 @@ impl Queue {
         self.bytes.load(Relaxed)
     }
 
-    /// Append an entry under `seq`, applying the full policy.
-    pub fn push(&self, seq: u64, stored: &[u8]) -> Pushed {
-        let need = stored.len() as u64;
+    /// Apply the full policy for an entry of `need` bytes about to be
+    /// committed: `Stored` means go ahead (after evicting, for drop-oldest).
+    pub fn admit(&self, need: u64) -> Pushed {
         let max = self.cfg.max_bytes.0.max(need);
         if self.bytes() + need > max {
             match self.cfg.when_full {
@@ -576,9 +599,29 @@ impl Queue {
                 }
             }
         }
-        self.insert(seq, stored);
-        self.metrics.enqueued.fetch_add(1, Relaxed);
         Pushed::Stored
+    }
+
+    fn account(&self, old: Option<usize>, new: usize) {
+        match old {
+            Some(n) => {
+                self.bytes.fetch_sub(n as u64, Relaxed);
+            }
+            None => {
+                self.len.fetch_add(1, Relaxed);
+            }
+        }
+        self.bytes.fetch_add(new as u64, Relaxed);
+    }
+
+    /// Append an entry under `seq`, applying the full policy.
+    pub fn push(&self, seq: u64, stored: &[u8]) -> Pushed {
+        let r = self.admit(stored.len() as u64);
+        if r == Pushed::Stored {
+            self.insert(seq, stored);
+            self.metrics.enqueued.fetch_add(1, Relaxed);
+        }
+        r
     }
 
     fn insert(&self, seq: u64, stored: &[u8]) {
@@ -594,15 +637,7 @@ impl Queue {
             },
             Backing::Memory(m) => lock(m).insert(seq, stored.to_vec()).map(|o| o.len()),
         };
-        match old {
-            Some(n) => {
-                self.bytes.fetch_sub(n as u64, Relaxed);
-            }
-            None => {
-                self.len.fetch_add(1, Relaxed);
-            }
-        }
-        self.bytes.fetch_add(stored.len() as u64, Relaxed);
+        self.account(old, stored.len());
     }
 
     /// Insert stored bytes as they are, without bounds (for compaction).
@@ -795,7 +830,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Sleep in small steps until `ready` or `give_up` (used by `block`).
-pub fn wait_until(ready: impl Fn() -> bool, give_up: impl Fn() -> bool) -> bool {
+pub fn wait_until(mut ready: impl FnMut() -> bool, give_up: impl Fn() -> bool) -> bool {
     let mut step = Duration::from_millis(1);
     loop {
         if ready() {

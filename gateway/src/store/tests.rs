@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::ByteSize;
+use crate::sources::Origin;
 
 fn buf(max_bytes: u64, when_full: WhenFull) -> BufferConfig {
     BufferConfig {
@@ -254,7 +255,15 @@ fn redelivered_inputs_are_recognised() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
     assert!(!store.seen("mqtt", 7, 0xabcd));
-    store.mark_seen("mqtt", 7, 0xabcd);
+    store.commit(
+        &[],
+        Some(&Origin {
+            source: "mqtt".into(),
+            pkid: 7,
+            dup: false,
+            digest: 0xabcd,
+        }),
+    );
     assert!(store.seen("mqtt", 7, 0xabcd));
     assert!(
         !store.seen("mqtt", 7, 0xabce),
