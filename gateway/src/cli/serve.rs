@@ -91,12 +91,14 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let syncer = {
         let (store, stopping, m) = (store.clone(), stopping.clone(), sync_metrics.clone());
         let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
-        let every = cfg.store.sync_every;
+        // The pipeline thread paces batches by `sync_every`; the sync
+        // thread syncs each as soon as it comes (group commit).
         std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn(move || run_syncer(store, sync_rx, every, qs, stopping, m))?
+            .spawn(move || run_syncer(store, sync_rx, std::time::Duration::ZERO, qs, stopping, m))?
     };
     let mut intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
+    let every = cfg.store.sync_every;
     let intake_metrics = intake.metrics.clone();
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
@@ -104,10 +106,42 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         std::thread::Builder::new()
             .name("pipelines".into())
             .spawn(move || -> Router {
-                while let Some(item) = rx.blocking_recv() {
+                // A batch closes when the channel runs dry (sync_every = 0)
+                // or when sync_every has passed since the last one: one sled
+                // transaction and one sync per batch, however slow the input.
+                let timer = (!every.is_zero()).then(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .expect("a timer runtime")
+                });
+                let mut last = std::time::Instant::now();
+                loop {
+                    let item = if let Some(timer) = timer.as_ref().filter(|_| intake.has_pending())
+                    {
+                        let wait = every.saturating_sub(last.elapsed());
+                        match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                        {
+                            Ok(item) => item,
+                            Err(_) => {
+                                intake.submit();
+                                last = std::time::Instant::now();
+                                continue;
+                            }
+                        }
+                    } else {
+                        rx.blocking_recv()
+                    };
+                    let Some(item) = item else { break };
                     intake.handle(&mut router, item);
-                    if rx.is_empty() {
+                    let due = if every.is_zero() {
+                        rx.is_empty()
+                    } else {
+                        last.elapsed() >= every
+                    };
+                    if due {
                         intake.submit();
+                        last = std::time::Instant::now();
                     }
                 }
                 intake.submit();

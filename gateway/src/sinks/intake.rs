@@ -116,7 +116,7 @@ impl Intake {
                 let origin = origin.filter(|_| self.store.is_durable());
                 if let Some(o) = &origin
                     && o.dup
-                    && self.store.seen(&o.source, o.pkid, o.digest)
+                    && self.store.redelivery_done(o, &self.queues())
                 {
                     self.metrics.redelivered.fetch_add(1, Relaxed);
                     self.hold(ack);
@@ -227,11 +227,17 @@ impl Intake {
         }
     }
 
-    /// Write what the input produced, with its redelivery marker, at once.
+    /// Whether inputs wait for [`Intake::submit`].
+    pub fn has_pending(&self) -> bool {
+        self.since_submit > 0
+    }
+
+    fn queues(&self) -> Vec<&Queue> {
+        self.routes.iter().map(|r| &*r.queue).collect()
+    }
+
+    /// Write the current input's outputs (marker first).
     fn commit(&mut self, origin: Option<&Origin>) {
-        if self.puts.is_empty() && origin.is_none() {
-            return;
-        }
         let puts: Vec<(&Queue, u64, Vec<u8>)> = self
             .puts
             .drain(..)
@@ -243,8 +249,11 @@ impl Intake {
     /// Hand the held acknowledgements to the sync thread with the batch.
     pub fn submit(&mut self) {
         self.since_submit = 0;
+        // Entries below `upto` may be delivered once synced; an unfinished
+        // input's numbers are not written yet.
+        let upto = self.puts.first().map_or(self.store.next_seq(), |p| p.1);
         let p = Pending {
-            upto: self.store.next_seq(),
+            upto,
             acks: std::mem::take(&mut self.acks),
         };
         let _ = self.syncer.send(p);

@@ -14,10 +14,13 @@ pub struct StoreConfig {
     /// The database directory. Default: `$STATE_DIRECTORY/store` under
     /// systemd, else `weir-state/store` next to the config file.
     pub path: Option<PathBuf>,
-    /// How often buffered writes are synced: `"0ms"` syncs every batch
-    /// (group commit); a positive interval syncs at most that often.
+    /// How often a batch is written and synced: `"0ms"` (default) whenever
+    /// the input runs dry: lowest latency and highest throughput, since a
+    /// broker's in-flight window waits on the sync; at low rates that is a
+    /// sync per record. A positive interval batches at most that long:
+    /// less CPU, more latency, and at most window / interval records/s.
     /// Records are acknowledged upstream only once synced, either way.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default = "default_sync_every", deserialize_with = "duration")]
     pub sync_every: Duration,
     /// Also `fdatasync` the database file after sled's flush (power-loss
     /// safety; sled alone uses `sync_file_range`). Default true.
@@ -32,11 +35,15 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: None,
-            sync_every: Duration::ZERO,
+            sync_every: default_sync_every(),
             fsync: true,
             cache: default_cache(),
         }
     }
+}
+
+fn default_sync_every() -> Duration {
+    Duration::ZERO
 }
 
 fn yes() -> bool {

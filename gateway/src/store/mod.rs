@@ -221,64 +221,42 @@ impl Store {
         self.db.is_some()
     }
 
-    /// Write everything one input produced, and its redelivery marker, as
-    /// one sled transaction: sled's recovery keeps all of it or none, even
-    /// when sled writes a full log buffer on its own between two syncs.
-    /// Queues kept in memory are written directly.
+    /// Write one input's outputs, after its redelivery marker. The marker
+    /// names the last output's sequence number: sled recovers a prefix of
+    /// its log, so if that output survived a crash, all of them did, and
+    /// [`Store::redelivery_done`] can tell. Memory queues are written
+    /// directly.
     pub fn commit(&self, puts: &[(&Queue, u64, Vec<u8>)], marker: Option<&Origin>) {
-        let mut trees: Vec<&sled::Tree> = Vec::new();
-        let mut index = Vec::with_capacity(puts.len());
-        for (q, _, _) in puts {
-            index.push(match &q.backing {
-                Backing::Sled { tree, .. } => {
-                    let at = trees.iter().position(|t| t.name() == tree.name());
-                    Some(at.unwrap_or_else(|| {
-                        trees.push(tree);
-                        trees.len() - 1
-                    }))
-                }
-                Backing::Memory(_) => None,
-            });
-        }
-        let marker = match (marker, &self.seen) {
-            (Some(o), Some(seen)) => {
-                trees.push(seen);
-                Some((seen_key(&o.source, o.pkid), o.digest.to_le_bytes()))
-            }
-            _ => None,
-        };
-        let old = std::cell::RefCell::new(vec![None; puts.len()]);
-        if !trees.is_empty() {
-            use sled::Transactional;
-            let r: sled::transaction::TransactionResult<(), ()> =
-                trees.as_slice().transaction(|tx| {
-                    for (i, ((_, seq, stored), at)) in puts.iter().zip(&index).enumerate() {
-                        if let Some(at) = at {
-                            old.borrow_mut()[i] = tx[*at]
-                                .insert(&seq.to_be_bytes(), stored.as_slice())?
-                                .map(|v| v.len());
-                        }
-                    }
-                    if let Some((k, v)) = &marker {
-                        tx[tx.len() - 1].insert(k.as_slice(), v.as_slice())?;
-                    }
-                    Ok(())
-                });
-            if let Err(e) = r {
-                // sled writes into memory; I/O trouble surfaces at sync,
-                // which keeps the input unacknowledged.
-                tracing::error!(error = ?e, "store write failed");
-                return;
+        if let (Some(o), Some(seen)) = (marker, &self.seen) {
+            let mut v = o.digest.to_le_bytes().to_vec();
+            v.extend_from_slice(&puts.last().map_or(u64::MAX, |p| p.1).to_le_bytes());
+            if let Err(e) = seen.insert(seen_key(&o.source, o.pkid), v) {
+                tracing::warn!(error = %e, "cannot record an input for redelivery detection");
             }
         }
-        let old = old.into_inner();
-        for (i, ((q, seq, stored), at)) in puts.iter().zip(&index).enumerate() {
-            match at {
-                Some(_) => q.account(old[i], stored.len()),
-                None => q.insert(*seq, stored),
-            }
+        for (q, seq, stored) in puts {
+            q.insert(*seq, stored);
             q.metrics.enqueued.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Whether a redelivered input (`o`, with DUP set) was already taken in
+    /// completely: its marker matches, and its last output is queued, or
+    /// below the durable mark (synced, then delivered or dropped), or it
+    /// had none. Otherwise it is processed again: at worst a duplicate
+    /// under a new message id, never a loss.
+    pub fn redelivery_done(&self, o: &Origin, queues: &[&Queue]) -> bool {
+        let Some(seen) = &self.seen else {
+            return false;
+        };
+        let Ok(Some(v)) = seen.get(seen_key(&o.source, o.pkid)) else {
+            return false;
+        };
+        if v.len() != 12 || v[..4] != o.digest.to_le_bytes() {
+            return false;
+        }
+        let last = u64::from_le_bytes(v[4..12].try_into().expect("8 bytes"));
+        last == u64::MAX || last < self.durable_seq() || queues.iter().any(|q| q.contains(last))
     }
 
     /// The database directory (empty for a memory store).
@@ -390,16 +368,6 @@ impl Store {
             self.durable.fetch_max(upto, Release);
         }
         r
-    }
-
-    /// Whether the input `(source, packet id)` with this digest was already
-    /// taken in: a broker redelivering (DUP) a message whose PUBACK was lost
-    /// in a crash. Only meaningful with a database.
-    pub fn seen(&self, source: &str, pkid: u16, digest: u32) -> bool {
-        let Some(seen) = &self.seen else {
-            return false;
-        };
-        matches!(seen.get(seen_key(source, pkid)), Ok(Some(v)) if v.as_ref() == digest.to_le_bytes())
     }
 
     /// sled's own view of the database size on disk.
@@ -638,6 +606,14 @@ impl Queue {
             Backing::Memory(m) => lock(m).insert(seq, stored.to_vec()).map(|o| o.len()),
         };
         self.account(old, stored.len());
+    }
+
+    /// Whether entry `seq` is queued.
+    pub fn contains(&self, seq: u64) -> bool {
+        match &self.backing {
+            Backing::Sled { tree, .. } => tree.contains_key(seq.to_be_bytes()).unwrap_or(false),
+            Backing::Memory(m) => lock(m).contains_key(&seq),
+        }
     }
 
     /// Insert stored bytes as they are, without bounds (for compaction).

@@ -251,88 +251,48 @@ fn a_store_in_use_is_an_error_not_damage() {
 }
 
 #[test]
-fn redelivered_inputs_are_recognised() {
+fn redelivered_inputs_are_recognised_only_when_their_outputs_survived() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    assert!(!store.seen("mqtt", 7, 0xabcd));
-    store.commit(
-        &[],
-        Some(&Origin {
-            source: "mqtt".into(),
-            pkid: 7,
-            dup: false,
-            digest: 0xabcd,
-        }),
-    );
-    assert!(store.seen("mqtt", 7, 0xabcd));
+    let q = store
+        .queue(
+            "s",
+            BufferConfig::default(),
+            true,
+            &mut OpenReport::default(),
+        )
+        .unwrap();
+    let origin = |pkid, digest| Origin {
+        source: "mqtt".into(),
+        pkid,
+        dup: true,
+        digest,
+    };
+    let o = origin(7, 0xabcd);
+    assert!(!store.redelivery_done(&o, &[&q]));
+    let seq = store.take_seq();
+    store.commit(&[(&q, seq, rec(1))], Some(&o));
+    assert!(store.redelivery_done(&o, &[&q]), "its output is queued");
     assert!(
-        !store.seen("mqtt", 7, 0xabce),
-        "another message under a reused packet id"
+        !store.redelivery_done(&origin(7, 0xabce), &[&q]),
+        "another message, reused packet id"
     );
-    assert!(!store.seen("other", 7, 0xabcd));
-}
-
-#[test]
-fn flipped_bytes_in_the_sled_files_never_stop_the_open_and_loss_is_reported() {
-    // Damage early, late, clustered: every store opens, serves only intact
-    // entries in order, and reports what sled's recovery dropped.
-    for offsets_per_mille in [
-        [100u64, 500, 900],
-        [10, 20, 30],
-        [600, 601, 602],
-        [990, 995, 999],
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        {
-            let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
-            let q = store
-                .queue(
-                    "s",
-                    BufferConfig::default(),
-                    true,
-                    &mut OpenReport::default(),
-                )
-                .unwrap();
-            for i in 0..3000u64 {
-                q.push(store.take_seq(), &rec(i));
-                if i % 100 == 99 {
-                    store.sync(store.next_seq()).unwrap();
-                }
-            }
-        }
-        let db = path.join("db");
-        let mut bytes = std::fs::read(&db).unwrap();
-        for pm in offsets_per_mille {
-            let at = (bytes.len() as u64 * pm / 1000) as usize;
-            let end = (at + 8).min(bytes.len());
-            for b in &mut bytes[at..end] {
-                *b ^= 0xa5;
-            }
-        }
-        std::fs::write(&db, &bytes).unwrap();
-        let (store, report) = Store::open(&path, &StoreConfig::default()).unwrap();
-        let mut r2 = OpenReport::default();
-        let q = store
-            .queue("s", BufferConfig::default(), true, &mut r2)
-            .unwrap();
-        let served = q.read(0, u64::MAX, 10_000);
-        let seqs: Vec<u64> = served.iter().map(|e| e.seq).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
-        for e in &served {
-            assert_eq!(
-                e.body,
-                (e.seq - 1).to_le_bytes(),
-                "entry {} is intact",
-                e.seq
-            );
-        }
-        let missing = 3000 - served.len() as u64;
-        assert!(
-            report.lost_seqs + r2.damaged >= missing,
-            "{offsets_per_mille:?}: {missing} missing but only {} reported",
-            report.lost_seqs + r2.damaged
-        );
-        assert_eq!(store.next_seq(), 3001, "ids are not reused after damage");
-    }
+    assert!(!store.redelivery_done(&origin(8, 0xabcd), &[&q]));
+    // Delivered after a sync: still done.
+    store.sync(store.next_seq()).unwrap();
+    q.delivered(seq);
+    assert!(store.redelivery_done(&o, &[&q]));
+    // The marker survived but the output did not (never synced): not done.
+    let o2 = origin(9, 1);
+    let lost = store.take_seq();
+    store.commit(&[(&q, lost, rec(2))], Some(&o2));
+    q.remove(lost);
+    assert!(
+        !store.redelivery_done(&o2, &[&q]),
+        "must be processed again"
+    );
+    // An input without outputs (filtered out) is done.
+    let o3 = origin(10, 2);
+    store.commit(&[], Some(&o3));
+    assert!(store.redelivery_done(&o3, &[&q]));
 }

@@ -401,7 +401,14 @@ mod v4 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
+        // Subscribing never awaits room in rumqttc's request channel: only
+        // this task polls the event loop, so waiting there (with the channel
+        // full of acks after a reconnect) would deadlock.
+        let mut subscribe = false;
         loop {
+            if subscribe {
+                subscribe = client.try_subscribe_many(filters.clone()).is_err();
+            }
             acks.flush(|p| client.try_ack(p).is_ok());
             let event = tokio::select! {
                 e = events.poll() => e,
@@ -411,9 +418,7 @@ mod v4 {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     rc.connected(&h, ack.session_present);
-                    if let Err(e) = client.subscribe_many(filters.clone()).await {
-                        tracing::warn!(source = %cfg.name, error = %e, "subscribe failed");
-                    }
+                    subscribe = true;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
@@ -486,7 +491,14 @@ mod v5 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
+        // Subscribing never awaits room in rumqttc's request channel: only
+        // this task polls the event loop, so waiting there (with the channel
+        // full of acks after a reconnect) would deadlock.
+        let mut subscribe = false;
         loop {
+            if subscribe {
+                subscribe = client.try_subscribe_many(filters.clone()).is_err();
+            }
             acks.flush(|p| client.try_ack(p).is_ok());
             let event = tokio::select! {
                 e = events.poll() => e,
@@ -496,9 +508,7 @@ mod v5 {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     rc.connected(&h, ack.session_present);
-                    if let Err(e) = client.subscribe_many(filters.clone()).await {
-                        tracing::warn!(source = %cfg.name, error = %e, "subscribe failed");
-                    }
+                    subscribe = true;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
