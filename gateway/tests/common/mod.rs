@@ -99,7 +99,10 @@ impl Serve {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("weir serve did not stop within 60 s of SIGTERM:\n{}", self.log());
+                panic!(
+                    "weir serve did not stop within 60 s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
