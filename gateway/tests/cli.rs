@@ -311,3 +311,58 @@ fn run_survives_bad_input_and_dead_letters_failures() {
     );
     assert!(err.contains("invalid=2"), "{err}");
 }
+
+/// `weir serve` speaks systemd's notify protocol: READY=1 once serving,
+/// WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM.
+#[test]
+fn serve_notifies_systemd_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let cfg = dir.path().join("weir.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nmodules_dir = {:?}\n[[pipeline]]\nname = \"p\"\n  [[pipeline.stage]]\n  name = \"s\"\n  module = \"weir_w1_range_filter.wasm\"\n",
+            testkit::modules_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    // systemd sets WATCHDOG_PID to the service's PID; `exec` keeps the
+    // shell's PID for weir.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" serve --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 3
+    {
+        let n = sock.recv(&mut buf).expect("a notification within 10 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got[0].contains("READY=1"), "{got:?}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING within 10 s");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}

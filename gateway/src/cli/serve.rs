@@ -212,7 +212,23 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             durable = store.is_durable(),
             "weir is serving"
         );
+        // systemd (Type=notify): ready now; watchdog pings from this runtime.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| {
+            let every = std::time::Duration::from_micros(usec / 2);
+            tokio::spawn(async move {
+                loop {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    tokio::time::sleep(every).await;
+                }
+            })
+        });
         wait_for_signal().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
         stopping.store(true, Relaxed);
         let _ = stop.send(true);
