@@ -150,11 +150,19 @@ fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
     let sink = format!(
         "port = {cloud_port}\ntls = {{ ca = \"{p}/other-ca.pem\", cert = \"{p}/client.pem\", key = \"{p}/client.key\" }}"
     );
-    let weir = Serve::start(&config(&wrong, src.port, &sink, ""));
+    let weir = Serve::start_with(
+        &config(&wrong, src.port, &sink, ""),
+        &["--stats-every", "100ms"],
+    );
     assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
     let (lines, kept) = readings(200, 11);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
+    assert!(
+        weir.wait_log(&format!("enqueued={}", kept.len())),
+        "{}",
+        weir.log()
+    );
     let log = weir.stop();
     assert!(log.contains("not signed by `tls.ca`"), "{log}");
     assert!(
@@ -280,11 +288,19 @@ fn full_buffer(policy: &str) -> (Vec<u64>, Vec<u64>, String) {
     let sink = format!(
         "port = {cloud_port}\nbuffer = {{ max_bytes = \"20 KiB\", when_full = \"{policy}\" }}"
     );
-    let weir = Serve::start(&config(d, src.port, &sink, ""));
+    let weir = Serve::start_with(&config(d, src.port, &sink, ""), &["--stats-every", "100ms"]);
     assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
     let (lines, kept) = readings(400, 5);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    if policy == "block" {
+        // The intake waits for room: sources feel backpressure.
+        wait_buffer(&weir, |l| field_in(l, "blocked") > 0);
+    } else {
+        // Every record taken in: stored, or refused by drop-newest.
+        wait_buffer(&weir, |l| {
+            field_in(l, "enqueued") + field_in(l, "dropped_newest") == kept.len() as u64
+        });
+    }
     let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
     let expect = if policy == "block" { kept.len() } else { 1 };
@@ -304,9 +320,10 @@ fn full_buffer_block_holds_back_the_sources_and_loses_nothing() {
     g.sort();
     g.dedup();
     assert_eq!(g, kept, "{log}");
-    assert!(!log.contains("blocked=0"), "the intake waited: {log}");
-    assert!(
-        log.contains("dropped_oldest=0") && log.contains("dropped_newest=0"),
+    assert!(field(&log, "blocked") > 0, "the intake waited: {log}");
+    assert_eq!(
+        field(&log, "dropped_oldest") + field(&log, "dropped_newest"),
+        0,
         "{log}"
     );
 }
@@ -336,8 +353,14 @@ fn field(log: &str, name: &str) -> u64 {
         .lines()
         .find(|l| l.contains("sink done"))
         .unwrap_or_default();
+    field_in(line, name)
+}
+
+/// `name=N` from one log line.
+fn field_in(line: &str, name: &str) -> u64 {
     let at = line
-        .find(&format!("{name}="))
+        .find(&format!(" {name}="))
+        .map(|i| i + 1)
         .unwrap_or_else(|| panic!("{name} in {line}"));
     line[at + name.len() + 1..]
         .split(|c: char| !c.is_ascii_digit())
@@ -345,6 +368,19 @@ fn field(log: &str, name: &str) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Wait (60 s at most) until a periodic `buffer` log line satisfies `f`.
+fn wait_buffer(weir: &Serve, f: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !weir
+        .log()
+        .lines()
+        .any(|l| l.contains(": buffer sink=") && f(l))
+    {
+        assert!(Instant::now() < deadline, "{}", weir.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -355,15 +391,15 @@ fn damaged_store_starts_reports_and_serves_the_rest() {
     let cloud_port = free_port();
     let cfg = config(d, src.port, &format!("port = {cloud_port}"), "");
     // Buffer 2,000 records with the cloud away, then stop.
-    let weir = Serve::start(&cfg);
+    let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
     assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
     let (lines, kept) = readings(2000, 9);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !weir.log().contains("sink broker unreachable") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        weir.wait_log(&format!("enqueued={}", kept.len())),
+        "{}",
+        weir.log()
+    );
     let log = weir.stop();
     assert!(log.contains(&format!("queued={}", kept.len())), "{log}");
 
@@ -518,15 +554,15 @@ fn store_commands_inspect_verify_and_compact() {
     let d = dir.path();
     let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
     let cfg = config(d, src.port, &format!("port = {}", free_port()), "");
-    let weir = Serve::start(&cfg);
+    let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
     assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
     let (lines, kept) = readings(500, 21);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !weir.log().contains("sink broker unreachable") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        weir.wait_log(&format!("enqueued={}", kept.len())),
+        "{}",
+        weir.log()
+    );
     weir.stop();
 
     let weir_cmd = |args: &[&str]| {

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Records the channel from sources to pipelines holds (backpressure bound).
     #[arg(long, default_value_t = 1024)]
     channel: usize,
+    /// How often to log each sink's queue (depth, enqueued, delivered).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stats_every: std::time::Duration,
 }
 
 pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -212,6 +215,29 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             durable = store.is_durable(),
             "weir is serving"
         );
+        let stats = {
+            let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
+            let every = args.stats_every.max(std::time::Duration::from_millis(10));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    for q in &qs {
+                        let m = &q.metrics;
+                        tracing::info!(
+                            sink = %q.name(),
+                            queued = q.len(),
+                            bytes = q.bytes(),
+                            enqueued = m.enqueued.load(Relaxed),
+                            delivered = m.delivered.load(Relaxed),
+                            dropped_oldest = m.dropped_oldest.load(Relaxed),
+                            dropped_newest = m.dropped_newest.load(Relaxed),
+                            blocked = m.blocked.load(Relaxed),
+                            "buffer"
+                        );
+                    }
+                }
+            })
+        };
         // systemd (Type=notify): ready now; watchdog pings from this runtime.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let mut usec = 0;
@@ -229,6 +255,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         if let Some(w) = watchdog {
             w.abort();
         }
+        stats.abort();
         tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
         stopping.store(true, Relaxed);
         let _ = stop.send(true);
