@@ -186,7 +186,7 @@ fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
         "port = {cloud_port}\ntls = {{ ca = \"{p}/ca.pem\", cert = \"{p}/client.pem\", key = \"{p}/client.key\" }}"
     );
     let weir = Serve::start(&config(&wrong, src.port, &sink, ""));
-    let got = sub.wait(kept.len(), 60);
+    let got = sub.wait_seqs(&kept, 60);
     let log = weir.stop();
     assert_eq!(seqs(&got), kept, "{log}");
     let first = &got[0];
@@ -229,7 +229,7 @@ fn cloud_outage_mid_stream_loses_nothing_and_keeps_order_per_sensor() {
         "{}",
         weir.log()
     );
-    let got = sub.wait(kept.len(), 60);
+    let got = sub.wait_seqs(&kept, 60);
     let log = weir.stop();
     let unique: Vec<u64> = {
         let mut s: Vec<u64> = seqs(&got);
@@ -271,7 +271,7 @@ fn starts_with_no_connectivity_then_forwards() {
         weir.log()
     );
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
-    let got = sub.wait(kept.len(), 60);
+    let got = sub.wait_seqs(&kept, 60);
     let log = weir.stop();
     assert_eq!(seqs(&got), kept, "{log}");
     assert!(log.contains("queued=0"), "{log}");

@@ -37,7 +37,8 @@ fn main() -> ExitCode {
         "test" => test(&root),
         "bench" => bench(&root, &rest),
         "cross" => cross(&root),
-        _ => Err("usage: cargo xtask <setup|modules|demo|test|bench|cross>".into()),
+        "deb" => deb(&root),
+        _ => Err("usage: cargo xtask <setup|modules|demo|test|bench|cross|deb>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -444,4 +445,81 @@ fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
     run(cargo()
         .current_dir(root)
         .args(["bench", "-p", "weir", "--bench", "mqtt_ingest"]))
+}
+
+/// .deb packages for amd64, arm64 and armhf (cargo-deb, metadata in
+/// gateway/Cargo.toml), each checked: contents, and its unit with
+/// `systemd-analyze verify` against the package's own files.
+fn deb(root: &Path) -> Result<(), String> {
+    modules(root)?;
+    if !have("cargo-deb") {
+        run(cargo().args(["install", "cargo-deb", "--locked"]))?;
+    }
+    apt_install(&[
+        ("systemd-analyze", "systemd"),
+        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+        ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    ])?;
+    let targets: Vec<&str> = CROSS.iter().map(|(t, _, _)| *t).collect();
+    run(Command::new("rustup")
+        .args(["target", "add"])
+        .args(&targets))?;
+    let mut builds: Vec<Option<(&str, &str)>> = vec![None];
+    builds.extend(CROSS.iter().map(|(t, prefix, _)| Some((*t, *prefix))));
+    for build in builds {
+        let mut cmd = cargo();
+        cmd.current_dir(root)
+            .args(["deb", "-p", "weir", "--output", "target/debian/"]);
+        if let Some((target, prefix)) = build {
+            let var = format!(
+                "CARGO_TARGET_{}_LINKER",
+                target.to_uppercase().replace('-', "_")
+            );
+            cmd.args(["--target", target])
+                .env(var, format!("{prefix}-gcc"));
+        }
+        run(&mut cmd)?;
+    }
+    let debs: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("target/debian"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    for arch in ["amd64", "arm64", "armhf"] {
+        let deb = debs
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(&format!("_{arch}.deb")))
+            .ok_or(format!("no {arch} package in target/debian"))?;
+        let dir = root.join("target/debian").join(format!("root-{arch}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir))?;
+        for f in [
+            "usr/bin/weir",
+            "etc/weir/weir.toml",
+            "usr/lib/systemd/system/weir.service",
+            "usr/lib/weir/modules/weir_w1_enrich.wasm",
+        ] {
+            if !dir.join(f).exists() {
+                return Err(format!("{}: {f} missing", deb.display()));
+            }
+        }
+        // The unit's dependencies (targets) come from the host's systemd.
+        run(Command::new("cp")
+            .args(["-an", "/usr/lib/systemd/system/."])
+            .arg(dir.join("usr/lib/systemd/system/")))?;
+        run(Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", dir.display()))
+            .arg(dir.join("usr/lib/systemd/system/weir.service")))?;
+        let size = std::fs::metadata(deb).map_err(|e| e.to_string())?.len();
+        let bin = std::fs::metadata(dir.join("usr/bin/weir"))
+            .map_err(|e| e.to_string())?
+            .len();
+        eprintln!(
+            "{}: {size} bytes, weir {bin} bytes, unit verified",
+            deb.display()
+        );
+    }
+    Ok(())
 }

@@ -288,6 +288,21 @@ impl Sub {
         }
     }
 
+    /// Wait (bounded by `secs`) until every `seq` in `want` arrived at
+    /// least once (duplicates do not count twice); returns all payloads.
+    pub fn wait_seqs(&self, want: &[u64], secs: u64) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.got();
+            let have: std::collections::HashSet<u64> =
+                got.iter().filter_map(|v| v["seq"].as_u64()).collect();
+            if want.iter().all(|s| have.contains(s)) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The payloads so far.
     pub fn got(&self) -> Vec<serde_json::Value> {
         self.got.lock().unwrap().clone()
