@@ -122,7 +122,18 @@ impl Store {
             .ok()
             .and_then(|b| Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?)))
             .unwrap_or(0);
-        let db = match open_sled(path, cfg) {
+        // sled releases its file lock from background threads after the
+        // last handle is dropped, so a store closed a moment ago in this
+        // process can still be locked: retry briefly before calling it in use.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut opened = open_sled(path, cfg);
+        while matches!(&opened, Err(Opened::Io(e)) if e.to_string().contains("could not acquire lock"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            opened = open_sled(path, cfg);
+        }
+        let db = match opened {
             Ok(db) => db,
             // In use, or not permitted: an error, never "damage".
             Err(Opened::Io(e)) => {
