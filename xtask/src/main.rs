@@ -5,7 +5,9 @@
 //! - `modules`: build every guest module into `target/modules/`.
 //! - `demo`:    store-and-forward W1 between two throwaway local brokers
 //!   (`demo run`: W1 over the bundled sample records, no broker).
-//! - `test`:    the full test suite (what CI runs): fmt, clippy, all tests.
+//! - `test`:    the full test suite (what CI runs): fmt, clippy, all tests,
+//!   the ARM suites under qemu-user, the .deb packages.
+//! - `deb`:     .deb packages for amd64, arm64, armhf, units verified.
 //! - `bench`:   the benchmarks, each printing a ratio against its baseline.
 //! - `cross`:   ARM builds (aarch64, armv7) with Debian's cross compilers,
 //!   their stripped sizes, and the test suites that run under qemu-user.
@@ -352,7 +354,16 @@ fn test(root: &Path) -> Result<(), String> {
         "--target-dir",
         "target/thumb",
     ]))?;
-    run(cargo().current_dir(root).args(["test", "--workspace"]))
+    run(cargo().current_dir(root).args(["test", "--workspace"]))?;
+    // ARM: both targets cross-built and their suites run under qemu-user;
+    // then the .deb packages, each unit checked with systemd-analyze.
+    // `WEIR_SKIP_ARM=1` skips both for a quick local run; CI runs them.
+    if std::env::var_os("WEIR_SKIP_ARM").is_some() {
+        eprintln!("WEIR_SKIP_ARM set: skipping the ARM builds, qemu-user runs and packages");
+        return Ok(());
+    }
+    cross(root)?;
+    deb(root)
 }
 
 /// ARM targets and the Debian packages that build and run them.
