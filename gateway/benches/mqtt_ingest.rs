@@ -6,35 +6,14 @@
 //! Needs mosquitto (installed by `cargo xtask setup`).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use testkit::w1;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn options(id: &str, port: u16) -> MqttOptions {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_inflight(100)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 16, 1 << 16);
-    o
-}
+mod common;
+use common::{Kill, free_port, options};
 
 /// Publish every payload at QoS 1 as fast as the in-flight window allows,
 /// and return once the broker acknowledged them all (or after 5 minutes).
