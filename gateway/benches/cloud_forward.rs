@@ -25,24 +25,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use testkit::w1;
 
 mod common;
-use common::{Kill, free_port, options};
-
-fn broker(dir: &Path, port: u16) -> Kill {
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
-    let inflight = std::env::var("CLOUD_BROKER_INFLIGHT").unwrap_or_else(|_| "100".into());
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages {inflight}\n")).unwrap();
-    let k = Kill(
-        Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto"),
-    );
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    k
-}
+use common::{Kill, broker, free_port, options};
 
 /// Publish at QoS 1 (as fast as the window allows, or at `rate` per
 /// second); returns each payload's send time, once all are acknowledged.

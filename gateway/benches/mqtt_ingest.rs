@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use testkit::w1;
 
 mod common;
-use common::{Kill, free_port, options};
+use common::{Kill, broker, free_port, options};
 
 /// Publish every payload at QoS 1 as fast as the in-flight window allows,
 /// and return once the broker acknowledged them all (or after 5 minutes).
@@ -56,18 +56,7 @@ fn main() {
     let expected = w1::reference(&readings).len();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n")).unwrap();
-    let _broker = Kill(
-        Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto"),
-    );
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _broker = broker(dir.path(), port);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -98,7 +98,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         // thread syncs each as soon as it comes (group commit).
         std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn(move || run_syncer(store, sync_rx, std::time::Duration::ZERO, qs, stopping, m))?
+            .spawn(move || run_syncer(store, sync_rx, qs, stopping, m))?
     };
     let mut intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
     let every = cfg.store.sync_every;

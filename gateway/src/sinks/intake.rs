@@ -3,14 +3,15 @@
 //! once every entry it produced is synced.
 //!
 //! Acknowledgements travel with their batch to the sync thread
-//! ([`run_syncer`]), which syncs (group commit, or at most every
-//! `sync_every`) and then acknowledges and wakes the sinks.
+//! ([`run_syncer`]), which syncs each batch as it comes (group commit; the
+//! pipeline thread paces batches by `sync_every`), then acknowledges and
+//! wakes the sinks.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Include, SinkConfig};
 use crate::pipeline::PipelineOutput;
@@ -274,20 +275,11 @@ pub struct SyncMetrics {
 pub fn run_syncer(
     store: Arc<Store>,
     rx: mpsc::Receiver<Pending>,
-    every: Duration,
     queues: Vec<Arc<Queue>>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<SyncMetrics>,
 ) {
-    let mut last = Instant::now();
     while let Ok(first) = rx.recv() {
-        if !every.is_zero() {
-            let due = last + every;
-            let now = Instant::now();
-            if due > now && !stopping.load(Relaxed) {
-                std::thread::sleep(due - now);
-            }
-        }
         let (mut upto, mut acks) = (first.upto, first.acks);
         while let Ok(p) = rx.try_recv() {
             upto = upto.max(p.upto);
@@ -320,7 +312,6 @@ pub fn run_syncer(
             }
         }
         metrics.syncs.fetch_add(1, Relaxed);
-        last = Instant::now();
         acks.into_iter().for_each(Ack::ack);
         for q in &queues {
             q.wake.notify_one();
