@@ -1,4 +1,4 @@
-//! The serial source against real pseudo-terminals made by socat: every
+//! The serial source against real pseudo-terminals (openpty): every
 //! framing mode, garbage and recovery, a burst at 921600 baud, and a device
 //! that disappears and comes back.
 //!
@@ -8,41 +8,58 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::Serve;
 
-/// A socat pty pair: the device weir opens, and the end the test writes to.
+/// A pseudo-terminal from openpty(3): `dev` is a link to the slave side,
+/// the device weir opens; the test writes to the master side. Dropping it
+/// unplugs the device: the link goes, then the master closes (weir's reads
+/// get a hangup).
 struct Pty {
-    child: Child,
+    master: std::fs::File,
     dev: PathBuf,
-    host: PathBuf,
 }
 
 impl Pty {
     fn new(dir: &Path) -> Pty {
-        let (dev, host) = (dir.join("dev"), dir.join("host"));
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", dev.display()))
-            .arg(format!("pty,raw,echo=0,link={}", host.display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is installed (cargo xtask setup)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(dev.exists() && host.exists()) {
-            assert!(Instant::now() < deadline, "socat made no ptys");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Pty { child, dev, host }
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (-1, -1);
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: the out-pointers are valid; `name` has room for any pts path.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                name.as_mut_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: `slave` is an open tty descriptor owned here; `name` was
+        // NUL-terminated by openpty; `master` is owned by the File from here.
+        let (path, master) = unsafe {
+            // Raw, no echo (as a UART is): nothing is echoed back into the
+            // master's buffer, which nobody reads.
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(slave, &mut t), 0);
+            libc::cfmakeraw(&mut t);
+            assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
+            libc::close(slave);
+            let path = std::ffi::CStr::from_ptr(name.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            (path, std::fs::File::from_raw_fd(master))
+        };
+        let dev = dir.join("dev");
+        std::os::unix::fs::symlink(path, &dev).unwrap();
+        Pty { master, dev }
     }
 
     fn write(&self, bytes: &[u8]) {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.host)
-            .unwrap();
+        let mut f = &self.master;
         f.write_all(bytes).unwrap();
         f.flush().unwrap();
     }
@@ -50,8 +67,7 @@ impl Pty {
 
 impl Drop for Pty {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.dev);
     }
 }
 
@@ -230,10 +246,7 @@ fn a_burst_at_921600_baud_loses_nothing() {
     // carries, 92,160 bytes/s (about 2,300 frames/s, a 2 s burst).
     const BYTES_PER_SEC: usize = 921_600 / 10;
     let start = Instant::now();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pty.host)
-        .unwrap();
+    let mut f = &pty.master;
     for (i, chunk) in stream.chunks(1024).enumerate() {
         let due = Duration::from_secs_f64((i * 1024) as f64 / BYTES_PER_SEC as f64);
         if let Some(wait) = due.checked_sub(start.elapsed()) {

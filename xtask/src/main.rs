@@ -23,7 +23,6 @@ const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 const APT_TOOLS: &[(&str, &str)] = &[
     ("clang", "clang"),
     ("wasm-ld", "lld"),
-    ("socat", "socat"),
     ("mosquitto", "mosquitto"),
     ("mosquitto_pub", "mosquitto-clients"),
 ];
