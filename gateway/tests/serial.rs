@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Serve;
+use common::{Serve, patience};
 
 /// A pseudo-terminal from openpty(3): `dev` is a link to the slave side,
 /// the device weir opens; the test writes to the master side. Dropping it
@@ -291,7 +291,7 @@ fn a_device_that_disappears_is_waited_for_and_reopened() {
     assert!(weir.wait_log("serial device lost"));
     // Plug it back in.
     let pty = Pty::new(dir.path());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patience(30);
     while weir.log().matches("serial device is back").count() < 2 {
         assert!(Instant::now() < deadline, "not reopened: {}", weir.log());
         std::thread::sleep(Duration::from_millis(20));

@@ -9,8 +9,13 @@
 //!   the ARM suites under qemu-user, the .deb packages.
 //! - `deb`:     .deb packages for amd64, arm64, armhf, units verified.
 //! - `bench`:   the benchmarks, each printing a ratio against its baseline.
-//! - `cross`:   ARM builds (aarch64, armv7) with Debian's cross compilers,
-//!   their stripped sizes, and the test suites that run under qemu-user.
+//! - `cross`:   ARM builds (aarch64, armv7) with Debian's cross compilers
+//!   and the test suites that run under qemu-user.
+//! - `image`:   the bootable arm64 Debian board image with weir installed
+//!   (`deploy/image/build.sh`), in `target/image/`.
+//! - `image-test`: boots that image under qemu-system-aarch64 and checks the
+//!   service, W1 forwarding to a broker on the host, a serial sensor on an
+//!   emulated UART, and the serial suite (`tests/tests/image.rs`).
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -39,7 +44,11 @@ fn main() -> ExitCode {
         "bench" => bench(&root, &rest),
         "cross" => cross(&root),
         "deb" => deb(&root),
-        _ => Err("usage: cargo xtask <setup|modules|demo|test|bench|cross|deb>".into()),
+        "image" => image(&root),
+        "image-test" => image_test(&root),
+        _ => Err(
+            "usage: cargo xtask <setup|modules|demo|test|bench|cross|deb|image|image-test>".into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -391,28 +400,7 @@ fn cross(root: &Path) -> Result<(), String> {
         ("qemu-aarch64", "qemu-user"),
     ])?;
     let config = ["--config", "cross/config.toml"];
-    for (target, prefix, _) in CROSS {
-        run(cargo().current_dir(root).args(config).args([
-            "build",
-            "--release",
-            "-p",
-            "weir",
-            "--target",
-            target,
-        ]))?;
-        let built = root.join("target").join(target).join("release/weir");
-        let stripped = root.join("target").join(format!("weir-{target}.stripped"));
-        run(Command::new(format!("{prefix}-strip"))
-            .arg("-o")
-            .arg(&stripped)
-            .arg(&built))?;
-        let size = std::fs::metadata(&stripped)
-            .map_err(|e| e.to_string())?
-            .len();
-        eprintln!(
-            "{target}: weir stripped {size} bytes ({:.1} MB)",
-            size as f64 / 1e6
-        );
+    for (target, _, _) in CROSS {
         // Library-level suites; those that spawn the weir binary or open
         // serial ports need a real (or full-system emulated) ARM machine.
         run(cargo()
@@ -461,6 +449,12 @@ fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
 /// gateway/Cargo.toml), each checked: contents, and its unit with
 /// `systemd-analyze verify` against the package's own files.
 fn deb(root: &Path) -> Result<(), String> {
+    let _ = build_debs(root, &["amd64", "arm64", "armhf"])?;
+    Ok(())
+}
+
+/// Builds and checks the packages for `arches`; returns their paths.
+fn build_debs(root: &Path, arches: &[&str]) -> Result<Vec<std::path::PathBuf>, String> {
     modules(root)?;
     if !have("cargo-deb") {
         run(cargo().args(["install", "cargo-deb", "--locked"]))?;
@@ -474,12 +468,29 @@ fn deb(root: &Path) -> Result<(), String> {
     run(Command::new("rustup")
         .args(["target", "add"])
         .args(&targets))?;
-    let mut builds: Vec<Option<(&str, &str)>> = vec![None];
-    builds.extend(CROSS.iter().map(|(t, prefix, _)| Some((*t, *prefix))));
+    let mut builds: Vec<Option<(&str, &str)>> = Vec::new();
+    if arches.contains(&"amd64") {
+        builds.push(None);
+    }
+    builds.extend(
+        CROSS
+            .iter()
+            .zip(["arm64", "armhf"])
+            .filter(|(_, arch)| arches.contains(arch))
+            .map(|((t, prefix, _), _)| Some((*t, *prefix))),
+    );
     for build in builds {
         let mut cmd = cargo();
-        cmd.current_dir(root)
-            .args(["deb", "-p", "weir", "--output", "target/debian/"]);
+        // The `dist` profile: release tuned for size (Cargo.toml).
+        cmd.current_dir(root).args([
+            "deb",
+            "-p",
+            "weir",
+            "--profile",
+            "dist",
+            "--output",
+            "target/debian/",
+        ]);
         if let Some((target, prefix)) = build {
             let var = format!(
                 "CARGO_TARGET_{}_LINKER",
@@ -496,7 +507,8 @@ fn deb(root: &Path) -> Result<(), String> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
         .collect();
-    for arch in ["amd64", "arm64", "armhf"] {
+    let mut built = Vec::new();
+    for &arch in arches {
         let deb = debs
             .iter()
             .find(|p| p.to_string_lossy().ends_with(&format!("_{arch}.deb")))
@@ -527,9 +539,73 @@ fn deb(root: &Path) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .len();
         eprintln!(
-            "{}: {size} bytes, weir {bin} bytes, unit verified",
+            "{}: {size} bytes, weir {bin} bytes (stripped, profile dist), unit verified",
             deb.display()
         );
+        built.push(deb.clone());
     }
-    Ok(())
+    Ok(built)
+}
+
+/// What building and booting the board image needs, as (tool, package).
+const IMAGE_TOOLS: &[(&str, &str)] = &[
+    ("debootstrap", "debootstrap"),
+    ("qemu-aarch64-static", "qemu-user-static"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("sfdisk", "fdisk"),
+    ("qemu-system-aarch64", "qemu-system-arm"),
+    ("ssh", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
+];
+
+/// The arm64 board image: the package, then deploy/image/build.sh.
+fn image(root: &Path) -> Result<(), String> {
+    apt_install(IMAGE_TOOLS)?;
+    let deb = build_debs(root, &["arm64"])?.remove(0);
+    let out = root.join("target/image");
+    run(Command::new("bash")
+        .arg(root.join("deploy/image/build.sh"))
+        .arg(&out)
+        .arg(&deb))
+}
+
+/// Builds the image, and the aarch64 serial test binary to run inside it,
+/// then boots it: `tests/tests/image.rs`.
+fn image_test(root: &Path) -> Result<(), String> {
+    image(root)?;
+    let out = cargo()
+        .current_dir(root)
+        // Release: the serial suite includes a 921600-baud burst, which a
+        // debug build cannot keep up with under emulation (the source drops
+        // what the pipeline cannot take, as a UART would).
+        .args([
+            "--config",
+            "cross/config.toml",
+            "test",
+            "--release",
+            "--no-run",
+        ])
+        .args(["--target", "aarch64-unknown-linux-gnu", "-p", "weir"])
+        .args(["--test", "serial", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err("building the aarch64 serial tests failed".into());
+    }
+    // The test binary is the compiler artifact that has an executable.
+    let serial = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "serial")
+        .find_map(|v| v["executable"].as_str().map(String::from))
+        .ok_or("no serial test executable in cargo's output")?;
+    run(cargo()
+        .current_dir(root)
+        .args(["test", "-p", "weir-tests", "--features", "image"])
+        .args(["--test", "image", "--", "--nocapture"])
+        .env("WEIR_IMAGE_DIR", root.join("target/image"))
+        .env("WEIR_ARM_SERIAL_TEST", serial))
 }

@@ -7,6 +7,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A bounded wait of `secs`, stretched by `WEIR_TEST_PATIENCE` (a factor,
+/// default 1) where everything runs emulated: the board image test runs
+/// the serial suite under full-system QEMU with a debug build. The waits
+/// bound how long a test may hang; they never measure speed.
+pub fn patience(secs: u64) -> Duration {
+    let factor = std::env::var("WEIR_TEST_PATIENCE")
+        .ok()
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    Duration::from_secs(secs * factor)
+}
+
 /// `weir serve`, its stdout lines and stderr collected as they come.
 pub struct Serve {
     child: Child,
@@ -49,7 +62,7 @@ impl Serve {
 
     /// Wait (bounded) until `n` output lines arrived; returns them all.
     pub fn wait_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience(30);
         loop {
             let got = self.lines.lock().unwrap().clone();
             if got.len() >= n || Instant::now() > deadline {
@@ -61,7 +74,7 @@ impl Serve {
 
     /// Wait (bounded) until the log contains `needle`.
     pub fn wait_log(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience(30);
         while Instant::now() < deadline {
             if self.log.lock().unwrap().contains(needle) {
                 return true;
@@ -92,7 +105,7 @@ impl Serve {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         // Bounded: a weir that ignores SIGTERM fails the test, not hangs it.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + patience(60);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
