@@ -217,15 +217,17 @@ impl Board {
     }
 }
 
-/// weir.toml for the board: W1 over the host's sensor broker and the UART,
-/// the durable buffer, the host's cloud broker.
+/// weir.toml for the board: W1 as in pipelines/w1.toml, over the host's
+/// sensor broker and the UART, the durable buffer, the host's cloud broker.
 fn board_config(sensors: u16, cloud: u16) -> String {
+    let w1 = std::fs::read_to_string(workspace().join("pipelines/w1.toml")).unwrap();
+    let w1 = w1.replace("id = \"gw-demo\"", "id = \"gw-qemu\"").replace(
+        "modules_dir = \"../target/modules\"",
+        "modules_dir = \"/usr/lib/weir/modules\"",
+    );
+    assert!(w1.contains("gw-qemu") && w1.contains("/usr/lib/weir/modules"));
     format!(
-        r#"
-[gateway]
-id = "gw-qemu"
-modules_dir = "/usr/lib/weir/modules"
-
+        r#"{w1}
 [[source]]
 type = "mqtt"
 name = "sensors"
@@ -240,22 +242,6 @@ path = "/dev/ttyS0"
 baud = 115200
 framing = {{ mode = "weir" }}
 topic = "uart/{{sensor}}/telemetry"
-
-[[pipeline]]
-name = "w1"
-on_error = "dead-letter"
-  [[pipeline.stage]]
-  name = "range-filter"
-  module = "weir_w1_range_filter.wasm"
-  config = {{ min = -40.0, max = 85.0 }}
-  [[pipeline.stage]]
-  name = "enrich"
-  module = "weir_w1_enrich.wasm"
-  [[pipeline.stage]]
-  name = "moving-average"
-  module = "weir_w1_moving_average.wasm"
-  grants = ["state"]
-  config = {{ window = 10 }}
 
 [[sink]]
 name = "cloud"
