@@ -344,6 +344,10 @@ fn test(root: &Path) -> Result<(), String> {
         "clippy",
         "--workspace",
         "--all-targets",
+        // Lints (and so compiles) the board image test, which runs only
+        // with `cargo xtask image-test`.
+        "--features",
+        "weir-tests/image",
         "--quiet",
         "--",
         "-D",
