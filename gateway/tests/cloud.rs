@@ -154,7 +154,7 @@ fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
         &config(&wrong, src.port, &sink, ""),
         &["--stats-every", "100ms"],
     );
-    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     let (lines, kept) = readings(200, 11);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
@@ -289,7 +289,7 @@ fn full_buffer(policy: &str) -> (Vec<u64>, Vec<u64>, String) {
         "port = {cloud_port}\nbuffer = {{ max_bytes = \"20 KiB\", when_full = \"{policy}\" }}"
     );
     let weir = Serve::start_with(&config(d, src.port, &sink, ""), &["--stats-every", "100ms"]);
-    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     let (lines, kept) = readings(400, 5);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     if policy == "block" {
@@ -392,7 +392,7 @@ fn damaged_store_starts_reports_and_serves_the_rest() {
     let cfg = config(d, src.port, &format!("port = {cloud_port}"), "");
     // Buffer 2,000 records with the cloud away, then stop.
     let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
-    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     let (lines, kept) = readings(2000, 9);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     assert!(
@@ -460,6 +460,10 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
     );
     const N: usize = 50_000;
     let (lines, kept) = readings(N, 2024);
+    // weir's session on the local broker must hold its subscription before
+    // the sensors publish: the broker keeps nothing for a filter nobody has.
+    let mut weir = Serve::start(&cfg);
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     // The sensor side: mosquitto_pub at QoS 1 (every message PUBACKed by
     // the local broker) in a thread, while weir is killed and restarted.
     let publisher = {
@@ -476,7 +480,6 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
     let mut rng = seed;
     let mut kills = 0;
     let mut delivered_at_kill = Vec::new();
-    let mut weir = Serve::start(&cfg);
     for _ in 0..8 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -490,7 +493,7 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
     }
     publisher.join().unwrap();
     // Wait (bounded) until every kept record arrived at least once.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + common::patience(120);
     let want: HashSet<u64> = kept.iter().copied().collect();
     while Instant::now() < deadline {
         let have: HashSet<u64> = seqs(&sub.got()).into_iter().collect();
@@ -555,7 +558,7 @@ fn store_commands_inspect_verify_and_compact() {
     let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
     let cfg = config(d, src.port, &format!("port = {}", free_port()), "");
     let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
-    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     let (lines, kept) = readings(500, 21);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     assert!(

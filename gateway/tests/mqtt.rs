@@ -69,7 +69,7 @@ fn both_versions_at_every_qos() {
         for qos in 0..=2u8 {
             let weir = Serve::start(&config(dir.path(), broker.port, version, qos, None));
             assert!(
-                weir.wait_log("MQTT connected"),
+                weir.wait_log("MQTT subscribed"),
                 "v{version} q{qos}: {}",
                 weir.log()
             );
@@ -107,7 +107,7 @@ fn a_persistent_session_redelivers_what_arrived_while_weir_was_down() {
     for (version, cli) in VERSIONS {
         let cfg = config(dir.path(), broker.port, version, 1, None);
         let weir = Serve::start(&cfg);
-        assert!(weir.wait_log("MQTT connected"));
+        assert!(weir.wait_log("MQTT subscribed"));
         std::thread::sleep(std::time::Duration::from_millis(300));
         weir.stop();
         // weir is down: the broker queues QoS 1 messages for its session.
@@ -145,7 +145,7 @@ topics = ["sensors/#"]
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path(), free_port());
     let weir = Serve::start(&config(dir.path(), broker.port, 5, 1, Some(pipelines)));
-    assert!(weir.wait_log("MQTT connected"));
+    assert!(weir.wait_log("MQTT subscribed"));
     std::thread::sleep(std::time::Duration::from_millis(300));
     broker.publish("mqttv5", 1, "sensors/s1/telemetry", &numbered(0..1), &[]);
     broker.publish("mqttv5", 1, "sensors/s1/status", &numbered(1..2), &[]);
@@ -197,7 +197,7 @@ fn weir_rides_out_a_broker_restart() {
     let port = free_port();
     let broker = Mosquitto::start(dir.path(), port);
     let weir = Serve::start(&config(dir.path(), port, 5, 1, None));
-    assert!(weir.wait_log("MQTT connected"));
+    assert!(weir.wait_log("MQTT subscribed"));
     broker.stop();
     assert!(
         weir.wait_log("MQTT broker lost or unreachable"),
@@ -223,7 +223,7 @@ fn a_long_qos1_stream_keeps_flowing_and_every_ack_goes_out() {
     let broker = Mosquitto::start(dir.path(), free_port());
     for (version, cli) in VERSIONS {
         let weir = Serve::start(&config(dir.path(), broker.port, version, 1, None));
-        assert!(weir.wait_log("MQTT connected"));
+        assert!(weir.wait_log("MQTT subscribed"));
         std::thread::sleep(std::time::Duration::from_millis(300));
         broker.publish(cli, 1, "sensors/s9/telemetry", &numbered(0..3000), &[]);
         let got = weir.wait_lines(3000);
@@ -291,7 +291,7 @@ fn tls_with_client_certificates() {
     };
     // The right CA and a client certificate: messages flow.
     let weir = Serve::start(&cfg("ca.pem", true));
-    assert!(weir.wait_log("MQTT connected"), "{}", weir.log());
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     std::thread::sleep(std::time::Duration::from_millis(300));
     let publish = std::process::Command::new("mosquitto_pub")
         .args([
@@ -371,7 +371,7 @@ fn a_slow_pipeline_slows_the_source_without_loss() {
         &config(dir.path(), broker.port, 5, 1, Some(&pipeline)),
         &["--channel", "1"],
     );
-    assert!(weir.wait_log("MQTT connected"));
+    assert!(weir.wait_log("MQTT subscribed"));
     std::thread::sleep(std::time::Duration::from_millis(300));
     broker.publish("mqttv5", 1, "sensors/s4/telemetry", &numbered(0..300), &[]);
     let got = weir.wait_lines(300);

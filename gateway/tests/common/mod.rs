@@ -291,7 +291,7 @@ impl Sub {
 
     /// Wait (bounded by `secs`) until `n` payloads arrived; returns them all.
     pub fn wait(&self, n: usize, secs: u64) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let deadline = Instant::now() + patience(secs);
         loop {
             let len = self.got.lock().unwrap().len();
             if len >= n || Instant::now() > deadline {
@@ -304,7 +304,7 @@ impl Sub {
     /// Wait (bounded by `secs`) until every `seq` in `want` arrived at
     /// least once (duplicates do not count twice); returns all payloads.
     pub fn wait_seqs(&self, want: &[u64], secs: u64) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let deadline = Instant::now() + patience(secs);
         loop {
             let got = self.got();
             let have: std::collections::HashSet<u64> =

@@ -347,6 +347,18 @@ impl Reconnect {
         self.backoff = Duration::from_millis(200);
     }
 
+    /// The broker answered the subscription: `refused` lists the filters
+    /// it turned down, with its reason code.
+    fn subscribed(&self, h: &Handler, total: usize, refused: Vec<String>) {
+        let cfg = &h.cfg;
+        if refused.is_empty() {
+            tracing::info!(source = %cfg.name, host = %cfg.host, filters = total, "MQTT subscribed");
+        } else {
+            tracing::warn!(source = %cfg.name, host = %cfg.host, refused = ?refused,
+                "MQTT broker refused subscriptions; nothing arrives on those filters");
+        }
+    }
+
     async fn failed(
         &mut self,
         h: &Handler,
@@ -369,7 +381,10 @@ impl Reconnect {
 }
 
 mod v4 {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, Transport};
+    use rumqttc::{
+        AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+        Transport,
+    };
 
     use super::*;
 
@@ -420,6 +435,15 @@ mod v4 {
                     rc.connected(&h, ack.session_present);
                     subscribe = true;
                 }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = filters
+                        .iter()
+                        .zip(&ack.return_codes)
+                        .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+                        .map(|(f, c)| format!("{}: {c:?}", f.path))
+                        .collect();
+                    rc.subscribed(&h, filters.len(), refused);
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
                         let (tx, p) = (acks.sender(), p.clone());
@@ -454,7 +478,7 @@ mod v4 {
 mod v5 {
     use rumqttc::Transport;
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
     use super::*;
@@ -509,6 +533,15 @@ mod v5 {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     rc.connected(&h, ack.session_present);
                     subscribe = true;
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = filters
+                        .iter()
+                        .zip(&ack.return_codes)
+                        .filter(|(_, c)| !matches!(c, SubscribeReasonCode::Success(_)))
+                        .map(|(f, c)| format!("{}: {c:?}", f.path))
+                        .collect();
+                    rc.subscribed(&h, filters.len(), refused);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
