@@ -72,10 +72,13 @@ mkdir -p "$out/cache"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "$out/work.XXXXXX")
 root=$work/root
-cleanup() {
+unmount() {
     for m in "$root/proc" "$root/sys" "$root/dev/pts" "$root/dev"; do
-        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+        if mountpoint -q "$m" 2>/dev/null; then umount -l "$m"; fi
     done
+}
+cleanup() {
+    unmount
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -151,13 +154,7 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/log/*.log "$root"/var/log/apt/* "
 cp "$root/boot/vmlinuz-$kver" "$out/vmlinuz"
 cp "$root/boot/initrd.img-$kver" "$out/initrd.img"
 weir_version=$(in_root dpkg-query -W -f '${Version}' weir)
-cleanup_mounts() {
-    for m in "$root/proc" "$root/sys" "$root/dev/pts" "$root/dev"; do
-        mountpoint -q "$m" && umount -l "$m"
-    done
-    return 0
-}
-cleanup_mounts
+unmount
 
 # 3. File systems and the partitioned image, built from directories: no
 # loop devices.
