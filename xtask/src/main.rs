@@ -24,31 +24,92 @@ use std::process::{Command, ExitCode};
 /// and need no allocator.
 const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown", "thumbv7em-none-eabihf"];
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
-/// (command that must exist, Debian package that provides it)
-const APT_TOOLS: &[(&str, &str)] = &[
-    ("clang", "clang"),
-    ("wasm-ld", "lld"),
-    ("mosquitto", "mosquitto"),
-    ("mosquitto_pub", "mosquitto-clients"),
+/// Debian packages every task needs, by name (checked with dpkg, installed
+/// with `--no-install-recommends`, so nothing comes through "recommends"):
+/// clang and lld build the C guest modules, mosquitto and its clients are
+/// the tests' brokers, openssl makes the tests' CA and certificates,
+/// procps gives `kill` to the tests that signal weir.
+const APT_PACKAGES: &[&str] = &[
+    "clang",
+    "lld",
+    "mosquitto",
+    "mosquitto-clients",
+    "openssl",
+    "procps",
 ];
+
+/// What the ARM builds and their qemu-user runs need. The cross compilers
+/// only *recommend* their target's libc headers, and ring's C build fails
+/// without them (`bits/libc-header-start.h: No such file or directory`).
+const CROSS_PACKAGES: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "gcc-arm-linux-gnueabihf",
+    "libc6-dev-armhf-cross",
+    "qemu-user",
+];
+
+/// Every task, with its one-line description (`cargo xtask` lists them).
+const TASKS: &[(&str, &str)] = &[
+    (
+        "setup",
+        "install what the build needs if missing (rustup targets, apt packages)",
+    ),
+    ("modules", "build every guest module into target/modules/"),
+    (
+        "demo",
+        "W1 store-and-forward between two throwaway local brokers (`demo run`: no broker)",
+    ),
+    (
+        "test",
+        "the full test suite, what CI runs: fmt, clippy, tests, ARM under qemu-user, packages",
+    ),
+    (
+        "bench",
+        "the benchmarks, each with a ratio against its baseline",
+    ),
+    (
+        "cross",
+        "aarch64 + armv7 builds and their test suites under qemu-user",
+    ),
+    (
+        "deb",
+        ".deb packages, units verified (`deb --arch amd64|arm64|armhf` for one)",
+    ),
+    ("image", "the bootable arm64 Debian board image (as root)"),
+    (
+        "image-test",
+        "boot that image under qemu-system-aarch64 and test it (as root)",
+    ),
+];
+
+fn usage() -> String {
+    let mut s = String::from("usage: cargo xtask <task>\n\ntasks:\n");
+    for (name, what) in TASKS {
+        s.push_str(&format!("  {name:<11} {what}\n"));
+    }
+    s
+}
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let rest: Vec<String> = std::env::args().skip(2).collect();
     let root = xtask::workspace_root();
     let result = match task.as_str() {
+        "" | "help" | "--help" | "-h" => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
         "setup" => setup(),
         "modules" => modules(&root).map(drop),
         "demo" => demo(&root, &rest),
         "test" => test(&root),
         "bench" => bench(&root, &rest),
         "cross" => cross(&root),
-        "deb" => deb(&root),
+        "deb" => deb(&root, &rest),
         "image" => image(&root),
         "image-test" => image_test(&root),
-        _ => Err(
-            "usage: cargo xtask <setup|modules|demo|test|bench|cross|deb|image|image-test>".into(),
-        ),
+        other => Err(format!("unknown task `{other}`\n\n{}", usage())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,17 +168,21 @@ fn setup() -> Result<(), String> {
             .args(["component", "add"])
             .args(&missing))?;
     }
-    apt_install(APT_TOOLS)
+    apt_install(APT_PACKAGES)
 }
 
-/// Install with apt the packages of the tools that are missing (as root, or
-/// through sudo).
-fn apt_install(tools: &[(&str, &str)]) -> Result<(), String> {
-    let pkgs: Vec<&str> = tools
-        .iter()
-        .filter(|(tool, _)| !have(tool))
-        .map(|(_, p)| *p)
-        .collect();
+/// Whether Debian package `pkg` is installed (dpkg says "ii").
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", pkg])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ii"))
+}
+
+/// Install with apt the packages that are missing (as root, or through
+/// sudo), by name and without "recommends".
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let pkgs: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if pkgs.is_empty() {
         return Ok(());
     }
@@ -375,7 +440,7 @@ fn test(root: &Path) -> Result<(), String> {
         return Ok(());
     }
     cross(root)?;
-    deb(root)
+    deb(root, &[])
 }
 
 /// ARM targets and the Debian packages that build and run them.
@@ -398,11 +463,7 @@ fn cross(root: &Path) -> Result<(), String> {
     run(Command::new("rustup")
         .args(["target", "add"])
         .args(&targets))?;
-    apt_install(&[
-        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
-        ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
-        ("qemu-aarch64", "qemu-user"),
-    ])?;
+    apt_install(CROSS_PACKAGES)?;
     binfmt(&["aarch64", "arm"])?;
     let config = ["--config", "cross/config.toml"];
     for (target, prefix, _) in CROSS {
@@ -456,7 +517,7 @@ fn cross(root: &Path) -> Result<(), String> {
 /// Registers qemu-user-static for `arches` (binfmt names: aarch64, arm)
 /// with binfmt_misc, mounting it if needed. Needs root.
 fn binfmt(arches: &[&str]) -> Result<(), String> {
-    apt_install(&[("qemu-aarch64-static", "qemu-user-static")])?;
+    apt_install(&["qemu-user-static"])?;
     let dir = Path::new("/proc/sys/fs/binfmt_misc");
     for arch in arches {
         if dir.join(format!("qemu-{arch}")).exists() {
@@ -499,8 +560,27 @@ fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
 /// .deb packages for amd64, arm64 and armhf (cargo-deb, metadata in
 /// gateway/Cargo.toml), each checked: contents, and its unit with
 /// `systemd-analyze verify` against the package's own files.
-fn deb(root: &Path) -> Result<(), String> {
-    let _ = build_debs(root, &["amd64", "arm64", "armhf"])?;
+/// `deb` builds all three; `deb --arch ARCH` (repeatable) only those.
+fn deb(root: &Path, rest: &[String]) -> Result<(), String> {
+    const ALL: [&str; 3] = ["amd64", "arm64", "armhf"];
+    let mut arches: Vec<&str> = Vec::new();
+    let mut args = rest.iter();
+    while let Some(a) = args.next() {
+        let arch = match a.strip_prefix("--arch=") {
+            Some(v) => v,
+            None if a == "--arch" => args.next().ok_or("--arch needs a value")?,
+            None => return Err(format!("unknown argument `{a}` (deb takes --arch ARCH)")),
+        };
+        let known = ALL
+            .iter()
+            .find(|x| **x == arch)
+            .ok_or(format!("unknown arch `{arch}` (amd64, arm64 or armhf)"))?;
+        arches.push(known);
+    }
+    if arches.is_empty() {
+        arches = ALL.to_vec();
+    }
+    let _ = build_debs(root, &arches)?;
     Ok(())
 }
 
@@ -510,11 +590,8 @@ fn build_debs(root: &Path, arches: &[&str]) -> Result<Vec<std::path::PathBuf>, S
     if !have("cargo-deb") {
         run(cargo().args(["install", "cargo-deb", "--locked"]))?;
     }
-    apt_install(&[
-        ("systemd-analyze", "systemd"),
-        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
-        ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
-    ])?;
+    apt_install(&["systemd", "dpkg-dev"])?;
+    apt_install(CROSS_PACKAGES)?;
     let targets: Vec<&str> = CROSS.iter().map(|(t, _, _)| *t).collect();
     run(Command::new("rustup")
         .args(["target", "add"])
@@ -598,22 +675,21 @@ fn build_debs(root: &Path, arches: &[&str]) -> Result<Vec<std::path::PathBuf>, S
     Ok(built)
 }
 
-/// What building and booting the board image needs, as (tool, package).
-const IMAGE_TOOLS: &[(&str, &str)] = &[
-    ("debootstrap", "debootstrap"),
-    ("qemu-aarch64-static", "qemu-user-static"),
-    ("mkfs.ext4", "e2fsprogs"),
-    ("mkfs.vfat", "dosfstools"),
-    ("mcopy", "mtools"),
-    ("sfdisk", "fdisk"),
-    ("qemu-system-aarch64", "qemu-system-arm"),
-    ("ssh", "openssh-client"),
-    ("ssh-keygen", "openssh-client"),
+/// What building and booting the board image needs, by package.
+const IMAGE_PACKAGES: &[&str] = &[
+    "debootstrap",
+    "qemu-user-static",
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
+    "fdisk",
+    "qemu-system-arm",
+    "openssh-client",
 ];
 
 /// The arm64 board image: the package, then deploy/image/build.sh.
 fn image(root: &Path) -> Result<(), String> {
-    apt_install(IMAGE_TOOLS)?;
+    apt_install(IMAGE_PACKAGES)?;
     let deb = build_debs(root, &["arm64"])?.remove(0);
     let out = root.join("target/image");
     run(Command::new("bash")
