@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`record`]: the record model, CBOR (ABI v1) and JSON conversions.
 //! - [`config`]: the one TOML config; errors name the file and the key.
+//! - [`common`]: what several components share (TLS files and their loading).
 //! - [`pipeline`]: the Wasm runtime and pipelines:
 //!   engine, module checks, host imports, stages (limits, quarantine), chains
 //!   (error policy).
@@ -19,6 +20,7 @@
 //! `firmware-sdk/wire` (`weir-wire`).
 
 pub mod cli;
+pub mod common;
 pub mod config;
 pub mod pipeline;
 pub mod record;

@@ -136,7 +136,13 @@ fn module_test_prints_outputs_fuel_time_and_errors() {
     let input = "{\"id\":\"s1\",\"temp_c\":20.0,\"hum\":50.0}\n{\"id\":\"s1\"}\nnot json\n";
     let out = weir(&["module", "test", &module("weir_w1_enrich")], Some(input));
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A failed record and an invalid line: exit 1, so CI notices.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 record(s) failed, 1 invalid input line(s)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         stdout.contains("record 1: ok, 1 output(s), fuel "),
         "{stdout}"
@@ -214,7 +220,7 @@ fn check_validates_config_and_modules() {
     let cfg = w1_config(dir.path());
     let out = weir(&["check", "--config", cfg.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("ok (1 pipelines, 3 stages)"));
+    assert!(text(&out.stdout).contains("ok (1 pipelines, 3 stages,"));
     // Take the state grant away: refused, naming pipeline, stage and import.
     let broken = std::fs::read_to_string(&cfg)
         .unwrap()

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Mosquitto, Serve, Sub, free_port, make_certs};
+use common::{Mosquitto, Serve, Sub, client_tls_args, free_port, make_certs, mtls_listener};
 
 const W1_STAGES: &str = r#"
 [defaults.limits]
@@ -124,23 +124,12 @@ fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certs(d);
-    let tls_conf = format!(
-        "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
-        d.display()
-    );
+    let tls_conf = mtls_listener(d);
     let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
     let cloud_port = free_port();
     let cloud = Mosquitto::start_with(&mosquitto_dir(d, "cloud"), cloud_port, &tls_conf);
     let p = d.display();
-    let sub_tls = [
-        "--cafile",
-        &format!("{p}/ca.pem"),
-        "--cert",
-        &format!("{p}/client.pem"),
-        "--key",
-        &format!("{p}/client.key"),
-    ]
-    .map(String::from);
+    let sub_tls = client_tls_args(d);
     let sub_args: Vec<&str> = sub_tls.iter().map(String::as_str).collect();
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &sub_args);
 
@@ -653,7 +642,7 @@ name = "local"
 type = "mqtt"
 host = "127.0.0.1"
 port = {port}
-topic = "local/{{id}}"
+topic = "local/{{payload.id}}"
 format = "cbor"
 batch = 5
 "#,

@@ -3,6 +3,7 @@
 //! 0 success, 1 runtime or usage error, 2 refused module or invalid config.
 
 mod check;
+mod expect;
 mod module;
 pub(crate) mod output;
 mod run;
@@ -42,7 +43,8 @@ enum Command {
 #[derive(Debug)]
 pub struct Failure {
     code: u8,
-    error: anyhow::Error,
+    /// `None`: already reported (by a child process, or line by line).
+    error: Option<anyhow::Error>,
 }
 
 impl Failure {
@@ -50,8 +52,13 @@ impl Failure {
     pub fn refused(error: impl Into<anyhow::Error>) -> Self {
         Failure {
             code: 2,
-            error: error.into(),
+            error: Some(error.into()),
         }
+    }
+
+    /// Exit with `code`; what went wrong has been printed already.
+    pub fn quiet(code: u8) -> Self {
+        Failure { code, error: None }
     }
 }
 
@@ -59,16 +66,40 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Self {
         Failure {
             code: 1,
-            error: error.into(),
+            error: Some(error.into()),
         }
     }
+}
+
+/// The lines of an error: what went wrong, then each cause on its own
+/// line. A cause whose text an earlier line already holds is left out
+/// (errors that print their source in their own message would otherwise
+/// say everything twice).
+pub fn error_lines(e: &anyhow::Error) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !lines.iter().any(|l| l.contains(&text)) {
+            lines.push(text);
+        }
+    }
+    lines
+}
+
+/// Whether the error is a closed stdout (`weir run ... | head -1`): not
+/// an error for a command whose reader has seen enough.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Entry point of the `weir` binary.
 pub fn main() -> ExitCode {
     limit_malloc_arenas();
     no_transparent_huge_pages();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(help_help(std::env::args_os().collect()));
     init_logging();
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
@@ -79,11 +110,28 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { error: Some(e), .. }) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            if let Some(e) = &f.error {
+                let lines = error_lines(e);
+                eprintln!("error: {}", lines[0]);
+                for l in &lines[1..] {
+                    eprintln!("  because: {l}");
+                }
+            }
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `weir help --help` (and `-h`) is `weir --help`: clap's help subcommand
+/// takes only subcommand names.
+fn help_help(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.len() == 3 && args[1] == "help" && (args[2] == "--help" || args[2] == "-h") {
+        args.truncate(1);
+        args.push("--help".into());
+    }
+    args
 }
 
 /// glibc gives every thread that allocates its own malloc arena (64 MB

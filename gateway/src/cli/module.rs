@@ -1,4 +1,9 @@
 //! `weir module inspect` and `weir module test`.
+//!
+//! `module test` gates a module's CI: it exits 1 when any record fails or
+//! any input line is invalid, and with `--expect FILE` when any output
+//! differs from the expected one (see [`super::expect`]), printing the
+//! differences.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -16,13 +21,14 @@ use crate::record::{JsonInput, now_ms};
 pub(super) enum ModuleCommand {
     /// Show a module's ABI version, imports, exports, size and the grants it needs.
     Inspect(InspectArgs),
-    /// Run each input record through a module and print outputs, fuel, time and errors.
+    /// Run each input record through a module and print outputs, fuel, time
+    /// and errors; exit 1 if a record fails or an output differs from `--expect`.
     Test(TestArgs),
 }
 
 #[derive(Args)]
 pub(super) struct InspectArgs {
-    /// The module (.wasm).
+    /// The module (.wasm, or .wat text).
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -31,8 +37,12 @@ pub(super) struct InspectArgs {
 
 #[derive(Args)]
 pub(super) struct TestArgs {
-    /// The module (.wasm).
+    /// The module (.wasm, or .wat text).
     file: PathBuf,
+    /// Expected outputs, JSON lines: a bare payload or a whole record per
+    /// output, in order. Any difference exits 1, with a diff.
+    #[arg(long)]
+    expect: Option<PathBuf>,
     /// Grant a capability (log, clock, state); repeat for several.
     #[arg(long = "grant", value_parser = parse_grant)]
     grants: Vec<Grant>,
@@ -163,6 +173,19 @@ fn test(args: TestArgs) -> Result<(), Failure> {
     };
     let mut stage = Stage::new(spec)
         .map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", args.file.display())))?;
+    let expected = match &args.expect {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            Some(
+                super::expect::parse(&text)
+                    .map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", p.display())))?,
+            )
+        }
+        None => None,
+    };
+    // Every output, in order, with the record it came from.
+    let mut outputs: Vec<(u64, serde_json::Value)> = Vec::new();
     let parser = JsonInput {
         source: "test".into(),
         topic_template: args.topic,
@@ -206,11 +229,12 @@ fn test(args: TestArgs) -> Result<(), Failure> {
         let micros = start.elapsed().as_secs_f64() * 1e6;
         let fuel = stage.last_fuel();
         match result {
-            Ok(outputs) => {
-                let outs: Vec<_> = outputs
+            Ok(result_outputs) => {
+                let outs: Vec<_> = result_outputs
                     .iter()
                     .map(|o| output::record_json(None, o))
                     .collect();
+                outputs.extend(outs.iter().map(|o| (n, o.clone())));
                 if outs.is_empty() {
                     dropped += 1
                 } else {
@@ -258,6 +282,58 @@ fn test(args: TestArgs) -> Result<(), Failure> {
         eprintln!("{summary}");
     } else {
         println!("{summary}");
+    }
+    let (mut mismatches, mut matched) = (0usize, 0usize);
+    if let Some(expected) = &expected {
+        for i in 0..expected.len().max(outputs.len()) {
+            let lines: Vec<String> = match (expected.get(i), outputs.get(i)) {
+                (Some(want), Some((rec, got))) => super::expect::differences(want, got)
+                    .into_iter()
+                    .map(|d| {
+                        format!(
+                            "output {} (record {rec}, expect line {}): {d}",
+                            i + 1,
+                            want.line
+                        )
+                    })
+                    .collect(),
+                (Some(want), None) => vec![format!(
+                    "output {}: missing; expect line {} wants {}",
+                    i + 1,
+                    want.line,
+                    want.value
+                )],
+                (None, Some((rec, got))) => vec![format!(
+                    "output {} (record {rec}): not expected: {got}",
+                    i + 1
+                )],
+                (None, None) => Vec::new(),
+            };
+            if lines.is_empty() {
+                matched += 1;
+            } else {
+                mismatches += 1;
+            }
+            for l in lines {
+                eprintln!("- {l}");
+            }
+        }
+        eprintln!(
+            "expect: {} of {} expected outputs match{}",
+            matched,
+            expected.len(),
+            if outputs.len() != expected.len() {
+                format!(" ({} outputs emitted)", outputs.len())
+            } else {
+                String::new()
+            }
+        );
+    }
+    if failed > 0 || invalid > 0 || mismatches > 0 {
+        eprintln!(
+            "error: {failed} record(s) failed, {invalid} invalid input line(s), {mismatches} output(s) differ from the expected ones"
+        );
+        return Err(Failure::quiet(1));
     }
     Ok(())
 }

@@ -36,7 +36,8 @@ pub struct ServeArgs {
     /// Records the channel from sources to pipelines holds (backpressure bound).
     #[arg(long, default_value_t = 1024)]
     channel: usize,
-    /// How often to log each sink's queue (depth, enqueued, delivered).
+    /// How often to log each sink's queue (depth, enqueued, delivered);
+    /// `0` turns the stats lines off.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     stats_every: std::time::Duration,
 }
@@ -215,7 +216,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             durable = store.is_durable(),
             "weir is serving"
         );
-        let stats = {
+        let stats = (!args.stats_every.is_zero()).then(|| {
             let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
             let every = args.stats_every.max(std::time::Duration::from_millis(10));
             tokio::spawn(async move {
@@ -237,7 +238,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
                     }
                 }
             })
-        };
+        });
         // systemd (Type=notify): ready now; watchdog pings from this runtime.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let mut usec = 0;
@@ -255,7 +256,9 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         if let Some(w) = watchdog {
             w.abort();
         }
-        stats.abort();
+        if let Some(s) = stats {
+            s.abort();
+        }
         tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
         stopping.store(true, Relaxed);
         let _ = stop.send(true);

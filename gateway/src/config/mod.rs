@@ -436,25 +436,55 @@ impl Config {
         {
             return Err(self.err(format!("{at}.topic_fields"), why));
         }
-        if let Some(tls) = &m.tls {
-            for (key, path) in [
-                ("ca", Some(&tls.ca)),
-                ("cert", tls.cert.as_ref()),
-                ("key", tls.key.as_ref()),
-            ] {
-                if let Some(path) = path
-                    && !Path::new(path).is_file()
-                {
-                    return Err(
-                        self.err(format!("{at}.tls.{key}"), format!("no such file: {path}"))
-                    );
-                }
-            }
-            if tls.cert.is_some() != tls.key.is_some() {
-                return Err(self.err(format!("{at}.tls"), "`cert` and `key` go together"));
-            }
+        if let Some(tls) = &m.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(self.err(
+                format!("{at}.tls"),
+                "`cert` and `key` go together: set both for mTLS, or neither",
+            ));
         }
         Ok(())
+    }
+
+    /// What the daemon needs from the file system, beyond the config's
+    /// own consistency: every TLS file readable (by the user running this)
+    /// and holding what its key says, and the store's directory writable.
+    /// `weir check` fails on these; `weir serve` starts anyway, and the
+    /// source or sink concerned logs the problem and retries until the file
+    /// is fixed. Returns every problem, not only the first.
+    pub fn check_files(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let tls = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                SourceConfig::Mqtt(m) => m.tls.as_ref().map(|t| (format!("source[{i}]"), t)),
+                SourceConfig::Serial(_) => None,
+            })
+            .chain(
+                self.sinks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.tls.as_ref().map(|t| (format!("sink[{i}]"), t))),
+            );
+        for (at, files) in tls {
+            if let Err(e) = files.client_config() {
+                problems.push(self.err(format!("{at}.{}", e.config_key()), e));
+            }
+        }
+        if self
+            .sinks()
+            .iter()
+            .any(crate::sinks::SinkConfig::is_durable)
+        {
+            let path = self.store_path();
+            if let Err(why) = writable_dir(&path) {
+                problems.push(self.err("store.path", format!("{}: {why}", path.display())));
+            }
+        }
+        problems
     }
 
     fn check_limits(&self, at: &str, l: Limits) -> Result<(), ConfigError> {
@@ -488,6 +518,32 @@ impl Config {
             None => self.base_dir.clone(),
         };
         dir.join(&stage.module)
+    }
+}
+
+/// Whether the store at `path` can be opened for writing: the directory
+/// itself if it exists, else the nearest existing parent (where it would
+/// be created).
+fn writable_dir(path: &Path) -> Result<(), String> {
+    let mut at = path;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => return Ok(()),
+        }
+    }
+    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
+        .map_err(|_| "the path holds a NUL byte".to_string())?;
+    // SAFETY: access() reads a NUL-terminated path and touches no memory of ours.
+    let ok = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not writable by this user: {} (the service's user must own its state directory)",
+            at.display(),
+            std::io::Error::last_os_error()
+        ))
     }
 }
 

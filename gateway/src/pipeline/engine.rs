@@ -62,12 +62,21 @@ impl Runtime {
         CompiledModule::new(self, name, wasm)
     }
 
-    /// Read and compile a module file.
+    /// Read and compile a module file: binary Wasm, or the text format
+    /// (`.wat`, or text that starts with `(`), which is translated first.
     pub fn compile_file(&self, path: &std::path::Path) -> Result<CompiledModule, LoadError> {
-        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.display().to_string(),
             source,
         })?;
+        let text = path.extension().is_some_and(|e| e == "wat")
+            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'(');
+        let wasm = if text {
+            wat::parse_bytes(&bytes)
+                .map_err(|e| LoadError::Invalid(format!("{}: {e}", path.display())))?
+        } else {
+            std::borrow::Cow::Borrowed(&bytes[..])
+        };
         self.compile(&path.display().to_string(), &wasm)
     }
 }

@@ -31,7 +31,21 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
-    /// Instantiation failed (for example initial memory above the cap).
+    /// The module's initial memory is above the stage's cap.
+    #[error(
+        "the module's initial memory is {initial} pages of 64 KiB ({} KiB), over the stage's memory cap of {cap_bytes} bytes ({cap} pages). Fix: raise the cap (`limits.memory = \"{} KiB\"` or more in the config, `--memory` for `weir module test`), or build the module with a smaller stack (a Rust module outside this workspace gets rustc's 1 MiB stack, 17 pages: build with `-C link-arg=-zstack-size=32768`; C: `-Wl,-z,stack-size=16384`)",
+        initial * 64,
+        initial * 64
+    )]
+    MemoryCap {
+        /// The module's initial memory, in pages.
+        initial: u64,
+        /// The cap, in whole pages.
+        cap: u64,
+        /// The cap, in bytes.
+        cap_bytes: u64,
+    },
+    /// Instantiation failed.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
     /// `weir_init` rejected the stage config or failed.

@@ -129,7 +129,7 @@ impl CompiledModule {
                 && !grants.iter().any(|x| x.as_str() == g)
             {
                 return Err(refuse(format!(
-                    "needs grant `{g}`, which the stage does not have"
+                    "needs grant `{g}`, which the stage does not have: add \"{g}\" to the stage's `grants` (`--grant {g}` for `weir module test`)"
                 )));
             }
         }

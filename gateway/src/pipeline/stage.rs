@@ -92,6 +92,17 @@ impl Stage {
     /// The stage runs on the engine that compiled the module.
     pub fn new(spec: StageSpec) -> Result<Stage, LoadError> {
         spec.module.check(&spec.grants)?;
+        // wasmi's limiter would only say it "denied to allocate": say how
+        // much, and what to do.
+        if let Some((initial, _)) = spec.module.info().memory_pages
+            && initial.saturating_mul(65_536) > spec.limits.memory_bytes
+        {
+            return Err(LoadError::MemoryCap {
+                initial,
+                cap: spec.limits.memory_bytes / 65_536,
+                cap_bytes: spec.limits.memory_bytes,
+            });
+        }
         let engine = spec.module.module.engine().clone();
         let engine = &engine;
         let label: Arc<str> = spec.label.as_str().into();

@@ -1,13 +1,14 @@
-//! `[[sink]]`: where pipeline output goes. One flat table per sink; keys
-//! that do not apply to its `type` are refused by validation.
+//! `[[sink]]`: where pipeline output goes. One table per sink; its `type`
+//! picks which keys it takes (a serde tagged enum, one struct per type), so
+//! a key that does not apply to the type is refused by name.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::common::tls::TlsFiles;
 use crate::config::ByteSize;
-use crate::sources::mqtt::source::TlsFiles;
 use crate::store::{BufferConfig, duration};
 
 /// The kinds of sink.
@@ -154,38 +155,32 @@ pub struct LiveFirst {
     pub backlog_share: f64,
 }
 
-/// `[[sink]]`.
+/// `[[sink]]`, in one flat form for every type (the keys a type does not
+/// take stay unset: [`RawSink`] refuses them when the config is read).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawSink")]
 pub struct SinkConfig {
     /// Unique name (also the queue's name in the store).
     pub name: String,
     /// `mqtt`, `file` or `stdout`.
-    #[serde(rename = "type")]
     pub kind: SinkType,
     /// Pipelines whose output this sink takes (empty: all).
-    #[serde(default)]
     pub pipelines: Vec<String>,
     /// Records, dead letters, or both.
-    #[serde(default)]
     pub include: Include,
     /// Whether the queue is on disk (default: yes, except for stdout).
     pub durable: Option<bool>,
     /// Queue bounds and full policy.
-    #[serde(default)]
     pub buffer: BufferConfig,
     /// Rate cap.
-    #[serde(default)]
     pub rate: RateConfig,
     /// Fresh records first after an outage.
     pub live_first: Option<LiveFirst>,
     /// JSON or CBOR.
-    #[serde(default)]
     pub format: Format,
     /// Flat payload or whole record (default: flat for MQTT, record otherwise).
     pub envelope: Option<Envelope>,
     /// Records per publish (MQTT) or per write; a batch is an array.
-    #[serde(default = "one")]
     pub batch: usize,
 
     // MQTT.
@@ -209,10 +204,8 @@ pub struct SinkConfig {
     /// Largest payload per publish (default: the preset's, else 256 KiB).
     pub max_payload: Option<ByteSize>,
     /// MQTT keep-alive.
-    #[serde(default = "keep_alive", deserialize_with = "duration")]
     pub keep_alive: Duration,
     /// How long a stopping gateway keeps sending what is in flight.
-    #[serde(default = "grace", deserialize_with = "duration")]
     pub drain_on_stop: Duration,
     /// TLS: CA, and client certificate and key for mTLS.
     pub tls: Option<TlsFiles>,
@@ -221,11 +214,159 @@ pub struct SinkConfig {
     /// The file (rotated to `.1`, `.2`, ...).
     pub path: Option<PathBuf>,
     /// Rotate when the file would pass this size.
-    #[serde(default = "rotate")]
     pub rotate_bytes: ByteSize,
     /// Rotated files kept.
-    #[serde(default = "keep")]
     pub keep: u32,
+}
+
+/// Declares one `[[sink]]` type's table: the keys every sink takes, then
+/// its own. `deny_unknown_fields` refuses the rest, naming them.
+macro_rules! sink_table {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Unique name (also the queue's name in the store).
+            pub name: String,
+            /// Pipelines whose output this sink takes (empty: all).
+            #[serde(default)]
+            pub pipelines: Vec<String>,
+            /// Records, dead letters, or both.
+            #[serde(default)]
+            pub include: Include,
+            /// Whether the queue is on disk.
+            pub durable: Option<bool>,
+            /// Queue bounds and full policy.
+            #[serde(default)]
+            pub buffer: BufferConfig,
+            /// Rate cap.
+            #[serde(default)]
+            pub rate: RateConfig,
+            /// Fresh records first after an outage.
+            pub live_first: Option<LiveFirst>,
+            /// JSON or CBOR.
+            #[serde(default)]
+            pub format: Format,
+            /// Flat payload or whole record.
+            pub envelope: Option<Envelope>,
+            /// Records per publish or write.
+            #[serde(default = "one")]
+            pub batch: usize,
+            $($(#[$fdoc])* pub $field: $ty,)*
+        }
+    };
+}
+
+sink_table!(
+    /// `type = "mqtt"`.
+    MqttSinkTable {
+        /// A cloud preset.
+        preset: Option<Preset>,
+        /// Broker host.
+        host: Option<String>,
+        /// Broker port.
+        port: Option<u16>,
+        /// Client id.
+        client_id: Option<String>,
+        /// Username.
+        username: Option<String>,
+        /// Password.
+        password: Option<String>,
+        /// Topic template.
+        topic: Option<String>,
+        /// Unacknowledged QoS 1 publishes at once.
+        inflight: Option<u16>,
+        /// Largest payload per publish.
+        max_payload: Option<ByteSize>,
+        /// MQTT keep-alive.
+        #[serde(default = "keep_alive", deserialize_with = "duration")]
+        keep_alive: Duration,
+        /// How long a stopping gateway keeps sending what is in flight.
+        #[serde(default = "grace", deserialize_with = "duration")]
+        drain_on_stop: Duration,
+        /// TLS files.
+        tls: Option<TlsFiles>,
+    }
+);
+
+sink_table!(
+    /// `type = "file"`.
+    FileSinkTable {
+        /// The file.
+        path: Option<PathBuf>,
+        /// Rotate when the file would pass this size.
+        #[serde(default = "rotate")]
+        rotate_bytes: ByteSize,
+        /// Rotated files kept.
+        #[serde(default = "keep")]
+        keep: u32,
+    }
+);
+
+sink_table!(
+    /// `type = "stdout"`.
+    StdoutSinkTable {}
+);
+
+/// A `[[sink]]` table as written: which keys it may hold depends on `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawSink {
+    /// `type = "mqtt"`.
+    Mqtt(Box<MqttSinkTable>),
+    /// `type = "file"`.
+    File(FileSinkTable),
+    /// `type = "stdout"`.
+    Stdout(StdoutSinkTable),
+}
+
+macro_rules! common {
+    ($t:ident, $kind:expr) => {
+        SinkConfig {
+            name: $t.name,
+            kind: $kind,
+            pipelines: $t.pipelines,
+            include: $t.include,
+            durable: $t.durable,
+            buffer: $t.buffer,
+            rate: $t.rate,
+            live_first: $t.live_first,
+            format: $t.format,
+            envelope: $t.envelope,
+            batch: $t.batch,
+            ..SinkConfig::blank()
+        }
+    };
+}
+
+impl From<RawSink> for SinkConfig {
+    fn from(raw: RawSink) -> SinkConfig {
+        match raw {
+            RawSink::Mqtt(t) => SinkConfig {
+                preset: t.preset,
+                host: t.host.clone(),
+                port: t.port,
+                client_id: t.client_id.clone(),
+                username: t.username.clone(),
+                password: t.password.clone(),
+                topic: t.topic.clone(),
+                inflight: t.inflight,
+                max_payload: t.max_payload,
+                keep_alive: t.keep_alive,
+                drain_on_stop: t.drain_on_stop,
+                tls: t.tls.clone(),
+                ..common!(t, SinkType::Mqtt)
+            },
+            RawSink::File(t) => SinkConfig {
+                path: t.path.clone(),
+                rotate_bytes: t.rotate_bytes,
+                keep: t.keep,
+                ..common!(t, SinkType::File)
+            },
+            RawSink::Stdout(t) => common!(t, SinkType::Stdout),
+        }
+    }
 }
 
 fn one() -> usize {
@@ -244,6 +385,15 @@ fn keep() -> u32 {
     5
 }
 
+/// Whether `topic` is an AWS IoT Basic Ingest topic: `$aws/rules/<rule>`,
+/// optionally followed by more levels.
+fn aws_basic_ingest(topic: &str) -> bool {
+    topic
+        .strip_prefix("$aws/rules/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|rule| !rule.is_empty())
+}
+
 /// The default MQTT topic template (workload W1's).
 pub const DEFAULT_TOPIC: &str = "cloud/{gateway_id}/telemetry";
 
@@ -254,14 +404,26 @@ impl SinkConfig {
         SinkConfig {
             name: "stdout".into(),
             kind: SinkType::Stdout,
-            pipelines: Vec::new(),
             include: Include::All,
             durable: Some(false),
+            envelope: Some(Envelope::Record),
+            ..SinkConfig::blank()
+        }
+    }
+
+    /// Every key at its default (a stdout sink named "").
+    fn blank() -> SinkConfig {
+        SinkConfig {
+            name: String::new(),
+            kind: SinkType::Stdout,
+            pipelines: Vec::new(),
+            include: Include::Records,
+            durable: None,
             buffer: BufferConfig::default(),
             rate: RateConfig::default(),
             live_first: None,
             format: Format::Json,
-            envelope: Some(Envelope::Record),
+            envelope: None,
             batch: 1,
             preset: None,
             host: None,
@@ -354,25 +516,6 @@ impl SinkConfig {
     /// Semantic checks: returns (key, message) for the first problem.
     pub fn check(&self, gateway_id: &str) -> Result<(), (String, String)> {
         let e = |k: &str, m: String| Err((k.to_string(), m));
-        let mqtt_only: [(&str, bool); 9] = [
-            ("preset", self.preset.is_some()),
-            ("host", self.host.is_some()),
-            ("port", self.port.is_some()),
-            ("client_id", self.client_id.is_some()),
-            ("username", self.username.is_some()),
-            ("password", self.password.is_some()),
-            ("topic", self.topic.is_some()),
-            ("inflight", self.inflight.is_some()),
-            ("tls", self.tls.is_some()),
-        ];
-        if self.kind != SinkType::Mqtt
-            && let Some((k, _)) = mqtt_only.iter().find(|(_, set)| *set)
-        {
-            return e(k, "applies to `type = \"mqtt\"` sinks only".into());
-        }
-        if self.kind != SinkType::File && self.path.is_some() {
-            return e("path", "applies to `type = \"file\"` sinks only".into());
-        }
         if self.batch == 0 {
             return e("batch", "must be at least 1".into());
         }
@@ -410,21 +553,16 @@ impl SinkConfig {
                 format!("`{topic}`: a topic to publish to has no wildcards"),
             );
         }
-        if let Some(tls) = &self.tls {
-            for (k, p) in [
-                ("tls.ca", Some(&tls.ca)),
-                ("tls.cert", tls.cert.as_ref()),
-                ("tls.key", tls.key.as_ref()),
-            ] {
-                if let Some(p) = p
-                    && !std::path::Path::new(p).is_file()
-                {
-                    return e(k, format!("no such file: {p}"));
-                }
-            }
-            if tls.cert.is_some() != tls.key.is_some() {
-                return e("tls", "`cert` and `key` go together".into());
-            }
+        if let Err(why) = super::topic::parse(&topic) {
+            return e("topic", why);
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return e(
+                "tls",
+                "`cert` and `key` go together: set both for mTLS, or neither".into(),
+            );
         }
         let Some(preset) = self.preset else {
             return Ok(());
@@ -473,7 +611,15 @@ impl SinkConfig {
                 ),
             );
         }
-        if topic.split('/').count() > f.max_topic_levels {
+        // AWS IoT Basic Ingest (`$aws/rules/<rule>/...`) goes straight to a
+        // rule; its prefix does not count toward the topic levels.
+        let basic_ingest = preset == Preset::AwsIotCore && aws_basic_ingest(&topic);
+        let counted = if basic_ingest {
+            topic.splitn(4, '/').nth(3).unwrap_or("")
+        } else {
+            topic.as_str()
+        };
+        if counted.split('/').count() > f.max_topic_levels {
             return e(
                 "topic",
                 format!(
@@ -483,9 +629,11 @@ impl SinkConfig {
             );
         }
         match preset {
-            Preset::AwsIotCore if topic.starts_with('$') => e(
+            Preset::AwsIotCore if topic.starts_with('$') && !basic_ingest => e(
                 "topic",
-                format!("`{topic}`: topics starting with `$` are reserved by AWS IoT Core"),
+                format!(
+                    "`{topic}`: topics starting with `$` are reserved by AWS IoT Core; only Basic Ingest (`$aws/rules/<rule>/...`) takes device data"
+                ),
             ),
             Preset::AzureIotHub => {
                 let want = format!("devices/{id}/messages/events/");

@@ -15,18 +15,20 @@ mod config;
 pub mod intake;
 pub mod lines;
 pub mod mqtt;
+pub mod topic;
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 pub use config::{
-    DEFAULT_TOPIC, Envelope, Format, Include, LiveFirst, Preset, PresetFacts, RateConfig,
+    DEFAULT_TOPIC, Envelope, Format, Include, LiveFirst, Preset, PresetFacts, RateConfig, RawSink,
     SinkConfig, SinkType,
 };
 use serde_json::{Map, Value};
 
-use crate::record::{Record, cbor_to_json, fill_template};
+use crate::record::{Record, cbor_to_json};
 use crate::store::{Entry, Kind, Queue};
+use topic::Placeholder;
 
 /// Counters of one sink's sending side (the queue has its own).
 #[derive(Debug, Default)]
@@ -115,24 +117,21 @@ impl Render {
                 None,
             ),
         };
-        let topic = fill_template(&self.topic, |k| {
-            let v = match k {
-                "gateway_id" => Some(self.gateway_id.clone()),
-                "sink" => Some(self.sink.clone()),
-                "pipeline" => Some(e.pipeline.clone()),
-                "msg_id" => Some(msg_id.clone()),
-                "source" => record.as_ref().map(|r| r.source.clone()),
-                "topic" => record.as_ref().map(|r| r.topic.clone()),
-                field => value
-                    .get(field)
-                    .or_else(|| value.get("payload").and_then(|p| p.get(field)))
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    }),
-            }?;
-            // A value must not add topic levels or wildcards.
-            Some(v.replace(['/', '+', '#'], "_"))
+        let topic = topic::fill(&self.topic, |p| match *p {
+            Placeholder::Known("gateway_id") => Some(self.gateway_id.clone()),
+            Placeholder::Known("sink") => Some(self.sink.clone()),
+            Placeholder::Known("pipeline") => Some(e.pipeline.clone()),
+            Placeholder::Known("msg_id") => Some(msg_id.clone()),
+            Placeholder::Known("source") => record.as_ref().map(|r| r.source.clone()),
+            Placeholder::Known("topic") => record.as_ref().map(|r| r.topic.clone()),
+            Placeholder::Known(_) => None,
+            Placeholder::Field(field) => value
+                .get(field)
+                .or_else(|| value.get("payload").and_then(|p| p.get(field)))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }),
         });
         if let Some(o) = value.as_object_mut() {
             o.insert("msg_id".into(), msg_id.into());

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::watch;
 
 use super::{Rate, Render, Rendered, Selector, SinkConfig, SinkMetrics};
-use crate::sources::mqtt::source::read_tls;
+use crate::common::tls;
 use crate::store::{Queue, Store};
 
 /// One publish: its entries and payload size.
@@ -43,27 +43,53 @@ pub async fn run(
     let port = cfg.port();
     let window = cfg.inflight() as usize;
     let max_payload = cfg.max_payload() as usize;
-    let mut opts = MqttOptions::new(cfg.client_id(&gateway_id), host.clone(), port);
-    opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-        .set_clean_session(true)
-        .set_inflight(window as u16)
-        .set_max_packet_size(65_536, max_payload + 65_536);
-    if let Some(user) = cfg.username(&gateway_id) {
-        opts.set_credentials(user, cfg.password.clone().unwrap_or_default());
-    }
-    if let Some(tls) = &cfg.tls {
-        match read_tls(tls) {
-            Ok((ca, auth)) => {
-                opts.set_transport(Transport::tls(ca, auth, None));
-            }
-            Err(e) => {
-                tracing::error!(sink = %cfg.name, error = %e,
-                    "cannot read the sink's TLS files; its queue keeps the records");
-                return;
+    // A new client for every connection attempt: the TLS files are read
+    // again each time, so a file fixed at run time is picked up without a
+    // restart. `None`: the files cannot be used (why, logged once per
+    // distinct problem); the queue keeps the records meanwhile.
+    let mut tls_logged: Option<String> = None;
+    let mut connect = |down: bool| -> Option<(AsyncClient, EventLoop)> {
+        let mut opts = MqttOptions::new(cfg.client_id(&gateway_id), host.clone(), port);
+        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
+            .set_clean_session(true)
+            .set_inflight(window as u16)
+            .set_max_packet_size(65_536, max_payload + 65_536);
+        if let Some(user) = cfg.username(&gateway_id) {
+            opts.set_credentials(user, cfg.password.clone().unwrap_or_default());
+        }
+        if let Some(files) = &cfg.tls {
+            match tls::transport(files) {
+                Ok(t) => {
+                    if tls_logged.take().is_some() {
+                        tracing::info!(sink = %cfg.name, "the sink's TLS files are usable again; connecting");
+                    }
+                    opts.set_transport(t);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if tls_logged.as_ref() != Some(&e) {
+                        tracing::error!(sink = %cfg.name, host = %host, port, error = %e, down,
+                            "the sink cannot connect: its TLS files cannot be used; the queue keeps the records, retrying with backoff");
+                        tls_logged = Some(e);
+                    }
+                    return None;
+                }
             }
         }
-    }
-    let (client, mut events) = AsyncClient::new(opts, window + 16);
+        Some(AsyncClient::new(opts, window + 16))
+    };
+    let mut backoff = Duration::from_millis(250);
+    let mut retry_at: Option<Instant> = None;
+    let mut down_since: Option<Instant> = None;
+    let (mut client, mut events) = match connect(false) {
+        Some((c, e)) => (Some(c), Some(e)),
+        None => {
+            down_since = Some(Instant::now());
+            metrics.outages.fetch_add(1, Relaxed);
+            retry_at = Some(Instant::now() + backoff);
+            (None, None)
+        }
+    };
     let render = Render::new(&cfg, &gateway_id);
     let mut selector = Selector::new(cfg.live_first);
     let mut rate = Rate::new(cfg.rate);
@@ -72,9 +98,6 @@ pub async fn run(
     // Sent, waiting for the PUBACK.
     let mut sent: HashMap<u16, Publish> = HashMap::new();
     let mut connected = false;
-    let mut down_since: Option<Instant> = None;
-    let mut retry_at: Option<Instant> = None;
-    let mut backoff = Duration::from_millis(250);
     let mut stop_by: Option<Instant> = None;
     let mut last_expiry = Instant::now();
 
@@ -124,8 +147,12 @@ pub async fn run(
                     }
                     let seqs: Vec<u64> = group.iter().map(|r| r.seq).collect();
                     let bytes = payload.len();
+                    let Some(c) = client.as_ref() else {
+                        selector.unread(seqs[0]);
+                        break 'fill;
+                    };
                     if let Err(e) =
-                        client.try_publish(group[0].topic.clone(), QoS::AtLeastOnce, false, payload)
+                        c.try_publish(group[0].topic.clone(), QoS::AtLeastOnce, false, payload)
                     {
                         // Cannot happen with the window below the channel size;
                         // if it does, the entries are read again.
@@ -151,12 +178,27 @@ pub async fn run(
         if let Some(t) = retry_at {
             wake_at = wake_at.min(t);
         }
+        let poll = async {
+            match events.as_mut() {
+                Some(ev) => ev.poll().await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
-            e = events.poll(), if retry_at.is_none() => Some(e),
+            e = poll, if retry_at.is_none() => Some(e),
             _ = queue.wake.notified(), if connected => None,
             _ = tokio::time::sleep_until(wake_at.into()) => {
                 if retry_at.is_some_and(|t| Instant::now() >= t) {
                     retry_at = None;
+                    if events.is_none() {
+                        match connect(true) {
+                            Some((c, e)) => (client, events) = (Some(c), Some(e)),
+                            None => {
+                                retry_at = Some(Instant::now() + backoff);
+                                backoff = (backoff * 2).min(Duration::from_secs(30));
+                            }
+                        }
+                    }
                 }
                 None
             }
@@ -218,12 +260,19 @@ pub async fn run(
                 if stop_by.is_some() {
                     break;
                 }
+                // Reconnect with a new client (see `connect`).
+                if let Some(c) = client.take() {
+                    let _ = c.try_disconnect();
+                }
+                events = None;
                 retry_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
-    let _ = client.try_disconnect();
+    if let Some(c) = client {
+        let _ = c.try_disconnect();
+    }
 }
 
 /// Split rendered records into publishes: consecutive records with the

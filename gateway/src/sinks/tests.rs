@@ -28,7 +28,7 @@ fn flat_render_carries_message_id_and_fills_the_topic() {
     let c = cfg(r#"name = "cloud"
 type = "mqtt"
 host = "h"
-topic = "cloud/{gateway_id}/{id}/{pipeline}""#);
+topic = "cloud/{gateway_id}/{payload.id}/{pipeline}""#);
     let r = Render::new(&c, "gw1");
     let out = r.render(&record_entry(
         42,
@@ -96,8 +96,91 @@ fn presets_check_the_providers_rules() {
         "name = \"c\"\ntype = \"mqtt\"\nhost = \"h\"\npreset = \"azure-iot-hub\"\nclient_id = \"dev1\"\ntopic = \"x/y\"\n{aws_tls}"
     ));
     assert_eq!(wrong_topic.check("gw").unwrap_err().0, "topic");
-    let file_with_topic = cfg("name = \"f\"\ntype = \"file\"\npath = \"/tmp/x\"\ntopic = \"t\"\n");
-    assert_eq!(file_with_topic.check("gw").unwrap_err().0, "topic");
+    // AWS IoT Basic Ingest goes to a rule: accepted, its prefix not counted
+    // as levels; every other `$` topic is reserved.
+    for (topic, ok) in [
+        ("$aws/rules/telemetry_rule", true),
+        ("$aws/rules/telemetry_rule/{gateway_id}/a/b/c/d/e/f/g", true),
+        ("$aws/rules/r/a/b/c/d/e/f/g/h/i", false),
+        ("$aws/rules/", false),
+        ("$aws/things/gw/shadow/update", false),
+        ("$SYS/x", false),
+    ] {
+        let c = cfg(&format!(
+            "{base}preset = \"aws-iot-core\"\ntopic = \"{topic}\"\n{aws_tls}"
+        ));
+        match c.check("gw") {
+            Ok(()) => assert!(ok, "{topic} was accepted"),
+            Err((key, msg)) => {
+                assert!(!ok, "{topic}: {msg}");
+                assert_eq!(key, "topic");
+            }
+        }
+    }
+}
+
+#[test]
+fn keys_of_another_sink_type_are_refused_by_name() {
+    for (text, key) in [
+        (
+            "name = \"m\"\ntype = \"mqtt\"\nhost = \"h\"\nkeep = 3\n",
+            "keep",
+        ),
+        (
+            "name = \"m\"\ntype = \"mqtt\"\nhost = \"h\"\nrotate_bytes = 10\n",
+            "rotate_bytes",
+        ),
+        (
+            "name = \"f\"\ntype = \"file\"\npath = \"/x\"\nmax_payload = 10\n",
+            "max_payload",
+        ),
+        (
+            "name = \"f\"\ntype = \"file\"\npath = \"/x\"\nkeep_alive = \"5s\"\n",
+            "keep_alive",
+        ),
+        (
+            "name = \"f\"\ntype = \"file\"\npath = \"/x\"\ndrain_on_stop = \"5s\"\n",
+            "drain_on_stop",
+        ),
+        (
+            "name = \"f\"\ntype = \"file\"\npath = \"/x\"\ntopic = \"t\"\n",
+            "topic",
+        ),
+        ("name = \"s\"\ntype = \"stdout\"\npath = \"/x\"\n", "path"),
+    ] {
+        let err = toml::from_str::<SinkConfig>(text).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("unknown field `{key}`")),
+            "{key}: {err}"
+        );
+    }
+    // The keys every type takes still work for each.
+    let f = cfg("name = \"f\"\ntype = \"file\"\npath = \"/x\"\nkeep = 2\nbatch = 3\n");
+    assert_eq!((f.keep, f.batch, f.kind), (2, 3, SinkType::File));
+}
+
+#[test]
+fn topic_templates_take_known_placeholders_only() {
+    let base = "name = \"c\"\ntype = \"mqtt\"\nhost = \"h\"\n";
+    let bad = cfg(&format!(
+        "{base}topic = \"cloud/{{gatewayid}}/telemetry\"\n"
+    ));
+    let (key, msg) = bad.check("gw").unwrap_err();
+    assert_eq!(key, "topic");
+    assert!(msg.contains("did you mean `{gateway_id}`"), "{msg}");
+    let bare_field = cfg(&format!("{base}topic = \"cloud/{{id}}\"\n"));
+    assert!(
+        bare_field
+            .check("gw")
+            .unwrap_err()
+            .1
+            .contains("{payload.id}")
+    );
+    let mirror = cfg(&format!("{base}topic = \"mirror/{{topic}}\"\n"));
+    assert_eq!(mirror.check("gw"), Ok(()));
+    // `{topic}` keeps the sensor's topic levels, so a sink can mirror the tree.
+    let out = Render::new(&mirror, "gw").render(&record_entry(1, serde_json::json!({"id": "s1"})));
+    assert_eq!(out.topic, "mirror/sensors/s1/telemetry");
 }
 
 fn filled(n: u64) -> (Store, Queue) {

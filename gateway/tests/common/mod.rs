@@ -34,9 +34,16 @@ impl Serve {
 
     /// Start with extra arguments for `weir serve`.
     pub fn start_with(config: &Path, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .args(extra)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .args(extra);
+        Serve::spawn(cmd)
+    }
+
+    /// Start `cmd` (a `weir serve` command line the caller prepared, for
+    /// example to run as another user), collecting its output.
+    pub fn spawn(mut cmd: Command) -> Serve {
+        let mut child = cmd
             .env("WEIR_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -327,6 +334,29 @@ impl Drop for Sub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// mosquitto_pub/sub options for the client certificate `make_certs` made
+/// in `dir`.
+pub fn client_tls_args(dir: &Path) -> Vec<String> {
+    let p = dir.display();
+    vec![
+        "--cafile".into(),
+        format!("{p}/ca.pem"),
+        "--cert".into(),
+        format!("{p}/client.pem"),
+        "--key".into(),
+        format!("{p}/client.key"),
+    ]
+}
+
+/// A mosquitto.conf TLS listener with the server certificate `make_certs`
+/// made in `dir`, requiring client certificates.
+pub fn mtls_listener(dir: &Path) -> String {
+    format!(
+        "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+        dir.display()
+    )
 }
 
 /// Make a CA, a server certificate for 127.0.0.1 and a client certificate

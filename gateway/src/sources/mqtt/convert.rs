@@ -43,6 +43,26 @@ pub enum MessageError {
         /// What is wrong.
         detail: String,
     },
+    /// `payload = "auto"` and the payload is neither (plain text, say).
+    #[error(
+        "payload is neither JSON nor CBOR; it starts with \"{start}\" ({len} bytes). Weir takes JSON objects or CBOR maps: have the sensor send JSON, or turn its format into fields in a transform stage"
+    )]
+    Unrecognised {
+        /// The first bytes, escaped.
+        start: String,
+        /// Its size.
+        len: usize,
+    },
+}
+
+/// The first bytes of a payload, escaped for a log line.
+fn start_of(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(32)];
+    let mut s = shown.escape_ascii().to_string();
+    if bytes.len() > shown.len() {
+        s.push_str("...");
+    }
+    s
 }
 
 impl MessageError {
@@ -51,7 +71,7 @@ impl MessageError {
         match self {
             MessageError::TooLarge { .. } => "too_large",
             MessageError::Utf8 => "utf8",
-            MessageError::Malformed { .. } => "malformed",
+            MessageError::Malformed { .. } | MessageError::Unrecognised { .. } => "malformed",
         }
     }
 }
@@ -85,9 +105,16 @@ pub fn decode_payload(
                 detail: e.to_string(),
             })
     } else {
-        serde_cbor::from_slice(bytes).map_err(|e| MessageError::Malformed {
-            format: "CBOR",
-            detail: e.to_string(),
+        serde_cbor::from_slice(bytes).map_err(|e| match format {
+            // Not JSON by its first byte, and not CBOR either.
+            PayloadFormat::Auto => MessageError::Unrecognised {
+                start: start_of(bytes),
+                len: bytes.len(),
+            },
+            _ => MessageError::Malformed {
+                format: "CBOR",
+                detail: e.to_string(),
+            },
         })
     }
 }
@@ -196,6 +223,17 @@ mod tests {
         assert_eq!(kind(b"\xff\xfe", PayloadFormat::Json), "utf8");
         assert_eq!(kind(b"\xff\xfe", PayloadFormat::Cbor), "malformed");
         assert_eq!(kind(&[b'1'; 101], PayloadFormat::Json), "too_large");
+    }
+
+    #[test]
+    fn plain_text_is_called_neither_json_nor_cbor_with_its_start_shown() {
+        let e = decode_payload(b"temp=21.5\n\x01", PayloadFormat::Auto, 100).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("neither JSON nor CBOR"), "{msg}");
+        assert!(msg.contains(r#"starts with "temp=21.5\n\x01""#), "{msg}");
+        assert!(!msg.contains("EOF"), "{msg}");
+        let long = decode_payload(&[b'x'; 50], PayloadFormat::Auto, 100).unwrap_err();
+        assert!(long.to_string().contains(&format!("{}...", "x".repeat(32))));
     }
 
     #[test]

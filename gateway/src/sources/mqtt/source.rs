@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::convert::{PayloadFormat, TopicFields, decode_payload, to_record};
+use crate::common::tls::{self, TlsFiles};
 use crate::config::ByteSize;
 use crate::record::now_ms;
 use crate::sources::item::{Ack, Item, Origin};
@@ -78,18 +79,6 @@ pub struct Subscription {
     /// QoS 0, 1 or 2.
     #[serde(default = "default_qos")]
     pub qos: u8,
-}
-
-/// PEM files for TLS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// CA certificate(s) that sign the broker's certificate.
-    pub ca: String,
-    /// Client certificate (mTLS).
-    pub cert: Option<String>,
-    /// Client private key (mTLS).
-    pub key: Option<String>,
 }
 
 fn default_version() -> u8 {
@@ -275,18 +264,6 @@ pub fn client_id(cfg: &MqttConfig, gateway_id: &str) -> String {
         .unwrap_or_else(|| format!("weir-{gateway_id}-{}", cfg.name))
 }
 
-/// PEM bytes: the CA, and the client certificate and key if any.
-pub type TlsMaterial = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
-
-pub fn read_tls(tls: &TlsFiles) -> std::io::Result<TlsMaterial> {
-    let ca = std::fs::read(&tls.ca)?;
-    let auth = match (&tls.cert, &tls.key) {
-        (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
-        _ => None,
-    };
-    Ok((ca, auth))
-}
-
 /// Run the source until `shutdown` fires.
 pub async fn run(
     cfg: MqttConfig,
@@ -299,13 +276,6 @@ pub async fn run(
         .topic_fields
         .as_deref()
         .and_then(|p| TopicFields::parse(p).ok());
-    let tls = match cfg.tls.as_ref().map(read_tls).transpose() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(source = %cfg.name, error = %e, "cannot read the TLS files; the source stays down");
-            return;
-        }
-    };
     let id = client_id(&cfg, &gateway_id);
     let handler = Handler {
         cfg,
@@ -314,18 +284,28 @@ pub async fn run(
         metrics,
     };
     if handler.cfg.version == 4 {
-        v4::run(handler, id, tls, shutdown).await
+        v4::run(handler, id, shutdown).await
     } else {
-        v5::run(handler, id, tls, shutdown).await
+        v5::run(handler, id, shutdown).await
     }
 }
 
-type Tls = Option<TlsMaterial>;
+/// The TLS transport of a source, read afresh at every (re)connect so a
+/// fixed file is picked up without a restart.
+fn transport(cfg: &MqttConfig) -> Result<Option<rumqttc::Transport>, String> {
+    cfg.tls
+        .as_ref()
+        .map(tls::transport)
+        .transpose()
+        .map_err(|e| format!("cannot use the TLS files: {e}"))
+}
 
 /// Backoff and the log-once rule for connection trouble.
 struct Reconnect {
     backoff: Duration,
     down: bool,
+    /// The TLS problem last logged: a different one is logged again.
+    tls_logged: Option<String>,
 }
 
 impl Reconnect {
@@ -333,12 +313,14 @@ impl Reconnect {
         Reconnect {
             backoff: Duration::from_millis(200),
             down: false,
+            tls_logged: None,
         }
     }
 
     fn connected(&mut self, h: &Handler, session_present: bool) {
         h.metrics.connects.fetch_add(1, Relaxed);
         let cfg = &h.cfg;
+        self.tls_logged = None;
         if std::mem::take(&mut self.down) {
             tracing::info!(source = %cfg.name, host = %cfg.host, session_present, "MQTT broker is back");
         } else {
@@ -359,17 +341,28 @@ impl Reconnect {
         }
     }
 
+    /// The connection failed, or could not be set up (`tls`: the TLS
+    /// files cannot be used). Logs once per outage, and a TLS problem once
+    /// per distinct problem; waits out the backoff. True: stop.
     async fn failed(
         &mut self,
         h: &Handler,
         error: String,
+        tls: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         if !self.down {
             self.down = true;
             h.metrics.outages.fetch_add(1, Relaxed);
-            tracing::warn!(source = %h.cfg.name, host = %h.cfg.host, error = %error,
-                "MQTT broker lost or unreachable; reconnecting with backoff");
+            if !tls {
+                tracing::warn!(source = %h.cfg.name, host = %h.cfg.host, error = %error,
+                    "MQTT broker lost or unreachable; reconnecting with backoff");
+            }
+        }
+        if tls && self.tls_logged.as_ref() != Some(&error) {
+            tracing::error!(source = %h.cfg.name, host = %h.cfg.host, error = %error,
+                "MQTT source cannot connect; retrying with backoff, the files are read again each time");
+            self.tls_logged = Some(error);
         }
         let stop = tokio::select! {
             _ = tokio::time::sleep(self.backoff) => false,
@@ -380,30 +373,23 @@ impl Reconnect {
     }
 }
 
+/// What ended one connection.
+enum Ended {
+    /// Stop: shutdown, or the pipelines are gone.
+    Stop,
+    /// The connection failed; reconnect after the backoff.
+    Lost(String),
+}
+
 mod v4 {
     use rumqttc::{
         AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
-        Transport,
     };
 
     use super::*;
 
-    pub(super) async fn run(h: Handler, id: String, tls: Tls, mut shutdown: watch::Receiver<bool>) {
+    pub(super) async fn run(h: Handler, id: String, mut shutdown: watch::Receiver<bool>) {
         let cfg = &h.cfg;
-        let port = cfg.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
-        let mut opts = MqttOptions::new(id, cfg.host.clone(), port);
-        opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
-            .set_clean_session(cfg.clean_session)
-            .set_manual_acks(true)
-            .set_inflight(cfg.inflight.max(1))
-            .set_max_packet_size(cfg.max_payload.0 as usize + 65_536, 65_536);
-        if let Some(user) = &cfg.username {
-            opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-        }
-        if let Some((ca, auth)) = tls {
-            opts.set_transport(Transport::tls(ca, auth, None));
-        }
-        let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
         let filters: Vec<SubscribeFilter> = cfg
             .subscribe
             .iter()
@@ -416,93 +402,106 @@ mod v4 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
-        // Subscribing never awaits room in rumqttc's request channel: only
-        // this task polls the event loop, so waiting there (with the channel
-        // full of acks after a reconnect) would deadlock.
-        let mut subscribe = false;
         loop {
-            if subscribe {
-                subscribe = client.try_subscribe_many(filters.clone()).is_err();
-            }
-            acks.flush(|p| client.try_ack(p).is_ok());
-            let event = tokio::select! {
-                e = events.poll() => e,
-                _ = acks.recv() => continue,
-                _ = shutdown.changed() => break,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    rc.connected(&h, ack.session_present);
-                    subscribe = true;
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = filters
-                        .iter()
-                        .zip(&ack.return_codes)
-                        .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
-                        .map(|(f, c)| format!("{}: {c:?}", f.path))
-                        .collect();
-                    rc.subscribed(&h, filters.len(), refused);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let (tx, p) = (acks.sender(), p.clone());
-                        acker(&h.metrics.ack_failures, &cfg.name, move || {
-                            tx.send(p).is_ok()
-                        })
-                    });
-                    let topic = p.topic.clone();
-                    let m = Message {
-                        topic,
-                        payload: p.payload.to_vec(),
-                        headers: BTreeMap::new(),
-                        packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
-                        ack,
-                    };
-                    if !h.handle(m).await {
+            // A new client for every connection: the TLS files are read
+            // again, so a fixed file is picked up without a restart.
+            let transport = match transport(cfg) {
+                Ok(t) => t,
+                Err(e) => {
+                    if rc.failed(&h, e, true, &mut shutdown).await {
                         break;
                     }
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if rc.failed(&h, e.to_string(), &mut shutdown).await {
+            };
+            let port = cfg
+                .port
+                .unwrap_or(if transport.is_some() { 8883 } else { 1883 });
+            let mut opts = MqttOptions::new(id.clone(), cfg.host.clone(), port);
+            opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+                .set_clean_session(cfg.clean_session)
+                .set_manual_acks(true)
+                .set_inflight(cfg.inflight.max(1))
+                .set_max_packet_size(cfg.max_payload.0 as usize + 65_536, 65_536);
+            if let Some(user) = &cfg.username {
+                opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = transport {
+                opts.set_transport(t);
+            }
+            let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
+            // Subscribing never awaits room in rumqttc's request channel: only
+            // this task polls the event loop, so waiting there (with the channel
+            // full of acks after a reconnect) would deadlock.
+            let mut subscribe = false;
+            let ended = loop {
+                if subscribe {
+                    subscribe = client.try_subscribe_many(filters.clone()).is_err();
+                }
+                acks.flush(|p| client.try_ack(p).is_ok());
+                let event = tokio::select! {
+                    e = events.poll() => e,
+                    _ = acks.recv() => continue,
+                    _ = shutdown.changed() => break Ended::Stop,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        rc.connected(&h, ack.session_present);
+                        subscribe = true;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let refused = filters
+                            .iter()
+                            .zip(&ack.return_codes)
+                            .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+                            .map(|(f, c)| format!("{}: {c:?}", f.path))
+                            .collect();
+                        rc.subscribed(&h, filters.len(), refused);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                            let (tx, p) = (acks.sender(), p.clone());
+                            acker(&h.metrics.ack_failures, &cfg.name, move || {
+                                tx.send(p).is_ok()
+                            })
+                        });
+                        let m = Message {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            headers: BTreeMap::new(),
+                            packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
+                            ack,
+                        };
+                        if !h.handle(m).await {
+                            break Ended::Stop;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Ended::Lost(e.to_string()),
+                }
+            };
+            let _ = client.try_disconnect();
+            match ended {
+                Ended::Stop => break,
+                Ended::Lost(e) => {
+                    if rc.failed(&h, e, false, &mut shutdown).await {
                         break;
                     }
                 }
             }
         }
-        let _ = client.try_disconnect();
     }
 }
 
 mod v5 {
-    use rumqttc::Transport;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
     use super::*;
 
-    pub(super) async fn run(h: Handler, id: String, tls: Tls, mut shutdown: watch::Receiver<bool>) {
+    pub(super) async fn run(h: Handler, id: String, mut shutdown: watch::Receiver<bool>) {
         let cfg = &h.cfg;
-        let port = cfg.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
-        let mut opts = MqttOptions::new(id, cfg.host.clone(), port);
-        opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
-            .set_clean_start(cfg.clean_session)
-            .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
-            .set_manual_acks(true)
-            .set_receive_maximum(Some(cfg.inflight.max(1)))
-            // A source never publishes; rumqttc otherwise sizes its
-            // outgoing table for 65,535 publishes (14 MB).
-            .set_outgoing_inflight_upper_limit(8)
-            .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
-        if let Some(user) = &cfg.username {
-            opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-        }
-        if let Some((ca, auth)) = tls {
-            opts.set_transport(Transport::tls(ca, auth, None));
-        }
-        let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
         let filters: Vec<Filter> = cfg
             .subscribe
             .iter()
@@ -515,66 +514,100 @@ mod v5 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
-        // Subscribing never awaits room in rumqttc's request channel: only
-        // this task polls the event loop, so waiting there (with the channel
-        // full of acks after a reconnect) would deadlock.
-        let mut subscribe = false;
         loop {
-            if subscribe {
-                subscribe = client.try_subscribe_many(filters.clone()).is_err();
-            }
-            acks.flush(|p| client.try_ack(p).is_ok());
-            let event = tokio::select! {
-                e = events.poll() => e,
-                _ = acks.recv() => continue,
-                _ = shutdown.changed() => break,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    rc.connected(&h, ack.session_present);
-                    subscribe = true;
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = filters
-                        .iter()
-                        .zip(&ack.return_codes)
-                        .filter(|(_, c)| !matches!(c, SubscribeReasonCode::Success(_)))
-                        .map(|(f, c)| format!("{}: {c:?}", f.path))
-                        .collect();
-                    rc.subscribed(&h, filters.len(), refused);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let (tx, p) = (acks.sender(), p.clone());
-                        acker(&h.metrics.ack_failures, &cfg.name, move || {
-                            tx.send(p).is_ok()
-                        })
-                    });
-                    let headers = p
-                        .properties
-                        .as_ref()
-                        .map(|props| props.user_properties.iter().cloned().collect())
-                        .unwrap_or_default();
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    let m = Message {
-                        topic,
-                        payload: p.payload.to_vec(),
-                        headers,
-                        packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
-                        ack,
-                    };
-                    if !h.handle(m).await {
+            // A new client for every connection: the TLS files are read
+            // again, so a fixed file is picked up without a restart.
+            let transport = match transport(cfg) {
+                Ok(t) => t,
+                Err(e) => {
+                    if rc.failed(&h, e, true, &mut shutdown).await {
                         break;
                     }
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if rc.failed(&h, e.to_string(), &mut shutdown).await {
+            };
+            let port = cfg
+                .port
+                .unwrap_or(if transport.is_some() { 8883 } else { 1883 });
+            let mut opts = MqttOptions::new(id.clone(), cfg.host.clone(), port);
+            opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+                .set_clean_start(cfg.clean_session)
+                .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
+                .set_manual_acks(true)
+                .set_receive_maximum(Some(cfg.inflight.max(1)))
+                // A source never publishes; rumqttc otherwise sizes its
+                // outgoing table for 65,535 publishes (14 MB).
+                .set_outgoing_inflight_upper_limit(8)
+                .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
+            if let Some(user) = &cfg.username {
+                opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = transport {
+                opts.set_transport(t);
+            }
+            let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
+            // See v4: subscribing never waits on the request channel.
+            let mut subscribe = false;
+            let ended = loop {
+                if subscribe {
+                    subscribe = client.try_subscribe_many(filters.clone()).is_err();
+                }
+                acks.flush(|p| client.try_ack(p).is_ok());
+                let event = tokio::select! {
+                    e = events.poll() => e,
+                    _ = acks.recv() => continue,
+                    _ = shutdown.changed() => break Ended::Stop,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        rc.connected(&h, ack.session_present);
+                        subscribe = true;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let refused = filters
+                            .iter()
+                            .zip(&ack.return_codes)
+                            .filter(|(_, c)| !matches!(c, SubscribeReasonCode::Success(_)))
+                            .map(|(f, c)| format!("{}: {c:?}", f.path))
+                            .collect();
+                        rc.subscribed(&h, filters.len(), refused);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                            let (tx, p) = (acks.sender(), p.clone());
+                            acker(&h.metrics.ack_failures, &cfg.name, move || {
+                                tx.send(p).is_ok()
+                            })
+                        });
+                        let headers = p
+                            .properties
+                            .as_ref()
+                            .map(|props| props.user_properties.iter().cloned().collect())
+                            .unwrap_or_default();
+                        let m = Message {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            headers,
+                            packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
+                            ack,
+                        };
+                        if !h.handle(m).await {
+                            break Ended::Stop;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Ended::Lost(e.to_string()),
+                }
+            };
+            let _ = client.try_disconnect();
+            match ended {
+                Ended::Stop => break,
+                Ended::Lost(e) => {
+                    if rc.failed(&h, e, false, &mut shutdown).await {
                         break;
                     }
                 }
             }
         }
-        let _ = client.try_disconnect();
     }
 }
