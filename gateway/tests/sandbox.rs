@@ -694,3 +694,120 @@ fn emit_input_respects_the_output_byte_limit() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A loop of `n` host calls, each handing the host `bytes` bytes of
+/// memory (a 160-page memory, well under the default 16 MiB cap): the
+/// hostile pattern of a module that buys megabytes of host work per unit
+/// of fuel. `call` is the call, given $p (pointer) and $b (bytes).
+fn host_call_loop(imports: &str, call: &str, n: u32, bytes: u32) -> String {
+    format!(
+        r#"(module
+            (import "weir" "emit" (func $emit (param i32 i32) (result i32)))
+            (import "weir" "emit_input" (func $emit_input (param i32 i32) (result i32)))
+            (import "weir" "input_get" (func $input_get (param i32 i32 i32 i32) (result i32)))
+            {imports}
+            (memory (export "memory") 160)
+            (func (export "weir_abi_v1"))
+            (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "weir_transform") (param $ptr i32) (param $len i32) (result i32)
+                (local $i i32) (local $p i32) (local $b i32)
+                (local.set $p (i32.const 65536))
+                (local.set $b (i32.const {bytes}))
+                (block $done (loop $next
+                    (br_if $done (i32.ge_u (local.get $i) (i32.const {n})))
+                    (drop {call})
+                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    (br $next)))
+                (i32.const 0)))"#
+    )
+}
+
+#[test]
+fn host_calls_are_paid_for_in_fuel_by_the_bytes_they_touch() {
+    let mb4 = 4 << 20;
+    let cases = [
+        // A multi-MiB (invalid) patch: the host used to zero-fill input +
+        // patch before looking at it, for about one unit of fuel.
+        (
+            "",
+            "(call $emit_input (local.get $p) (local.get $b))",
+            Vec::new(),
+        ),
+        // A multi-MiB record to validate.
+        ("", "(call $emit (local.get $p) (local.get $b))", Vec::new()),
+        // A multi-MiB key to look up (state).
+        (
+            r#"(import "weir" "state_get" (func $state_get (param i32 i32 i32 i32) (result i32)))"#,
+            "(call $state_get (local.get $p) (local.get $b) (i32.const 0) (i32.const 16))",
+            vec![Grant::State],
+        ),
+        (
+            r#"(import "weir" "state_set" (func $state_set (param i32 i32 i32 i32) (result i32)))"#,
+            "(call $state_set (local.get $p) (local.get $b) (i32.const 0) (i32.const 16))",
+            vec![Grant::State],
+        ),
+        // A multi-MiB key to look for in the input.
+        (
+            "",
+            "(call $input_get (local.get $p) (local.get $b) (i32.const 0) (i32.const 16))",
+            Vec::new(),
+        ),
+    ];
+    for (imports, call, grants) in cases {
+        let wat = host_call_loop(imports, call, 100_000, mb4);
+        let limits = Limits {
+            fuel: 1_000_000,
+            ..Limits::default()
+        };
+        let mut s = stage_with(&wat, &grants, limits).expect("loads");
+        let e = failure(&mut s);
+        assert_eq!(e.kind(), FailureKind::Fuel, "{call}: {e}");
+        // One 4 MiB call costs about 1M fuel: at most one call was made
+        // before the budget ran out.
+        assert!(s.last_fuel() <= 1_000_000, "{call}");
+    }
+}
+
+#[test]
+fn small_host_calls_stay_cheap_and_deterministic() {
+    // 100 emits of the input: each costs the call plus its bytes / 4.
+    let wat = host_call_loop("", "(call $emit (local.get $ptr) (local.get $len))", 60, 0);
+    let limits = Limits {
+        max_outputs: 100,
+        ..Limits::default()
+    };
+    let mut s = stage_with(&wat, &[], limits).unwrap();
+    let len = record(1).len() as u64;
+    s.process(&record(1)).unwrap();
+    let first = s.last_fuel();
+    s.process(&record(1)).unwrap();
+    assert_eq!(s.last_fuel(), first, "the same record costs the same fuel");
+    let host =
+        60 * (weir::pipeline::host::HOST_CALL_FUEL + len / weir::pipeline::host::BYTES_PER_FUEL);
+    assert!(
+        first >= host && first < host + 2_000,
+        "{first} vs host part {host}"
+    );
+}
+
+#[test]
+fn a_record_past_its_deadline_fails_while_the_host_works() {
+    // Cheap host calls forever, fuel enough for minutes: the deadline ends it.
+    let wat = host_call_loop(
+        "",
+        "(call $input_get (i32.const 0) (i32.const 1) (i32.const 0) (i32.const 0))",
+        u32::MAX,
+        0,
+    );
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        deadline: std::time::Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let mut s = stage_with(&wat, &[], limits).unwrap();
+    let e = failure(&mut s);
+    assert_eq!(e.kind(), FailureKind::Deadline, "{e}");
+    assert!(e.to_string().contains("50ms"), "{e}");
+    // The stage goes on: the next record fails the same way, not wedged.
+    assert_eq!(failure(&mut s).kind(), FailureKind::Deadline);
+}

@@ -105,6 +105,9 @@ pub struct LimitsConfig {
     pub max_output_bytes: Option<ByteSize>,
     /// Cap on the module's key/value state (keys plus values).
     pub state_bytes: Option<ByteSize>,
+    /// Wall-clock time one record may take in a stage (`"250ms"`).
+    #[serde(default, deserialize_with = "crate::store::opt_duration")]
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl LimitsConfig {
@@ -116,6 +119,7 @@ impl LimitsConfig {
             max_outputs: self.max_outputs.unwrap_or(base.max_outputs),
             max_output_bytes: self.max_output_bytes.map_or(base.max_output_bytes, |b| b.0),
             state_bytes: self.state_bytes.map_or(base.state_bytes, |b| b.0),
+            deadline: self.deadline.unwrap_or(base.deadline),
         }
     }
 }
@@ -496,6 +500,9 @@ impl Config {
                 format!("{at}.memory"),
                 "must be at least 64 KiB (one Wasm page)",
             ));
+        }
+        if l.deadline.is_zero() {
+            return Err(self.err(format!("{at}.deadline"), "must be positive"));
         }
         if l.max_outputs == 0 {
             return Err(self.err(format!("{at}.max_outputs"), "must be at least 1"));

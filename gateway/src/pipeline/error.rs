@@ -62,6 +62,12 @@ pub enum StageError {
         /// The budget.
         limit: u64,
     },
+    /// The record's wall-clock deadline passed while the host worked.
+    #[error("deadline of {limit:?} per record passed")]
+    Deadline {
+        /// The deadline.
+        limit: std::time::Duration,
+    },
     /// The module trapped.
     #[error("trap: {0}")]
     Trap(String),
@@ -107,6 +113,8 @@ pub enum StageError {
 pub enum FailureKind {
     /// Out of fuel.
     Fuel,
+    /// The record's deadline passed.
+    Deadline,
     /// Trap (including a refused memory request the module could not handle).
     Trap,
     /// Failure status from the module.
@@ -129,8 +137,9 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in counter order.
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 11] = [
         FailureKind::Fuel,
+        FailureKind::Deadline,
         FailureKind::Trap,
         FailureKind::Status,
         FailureKind::TooManyOutputs,
@@ -146,6 +155,7 @@ impl FailureKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Fuel => "fuel",
+            FailureKind::Deadline => "deadline",
             FailureKind::Trap => "trap",
             FailureKind::Status => "status",
             FailureKind::TooManyOutputs => "too_many_outputs",
@@ -177,6 +187,7 @@ impl StageError {
     pub fn kind(&self) -> FailureKind {
         match self {
             StageError::OutOfFuel { .. } => FailureKind::Fuel,
+            StageError::Deadline { .. } => FailureKind::Deadline,
             StageError::Trap(_) => FailureKind::Trap,
             StageError::Status { .. } => FailureKind::Status,
             StageError::HostCall { kind, .. } => *kind,

@@ -1,14 +1,22 @@
 //! The host side of ABI v1: the functions a module may import, and the state
-//! each store carries. Host functions never panic and never trap: a bad
-//! argument returns a negative code *and* fails the record (the first such
-//! failure is kept in `HostState::failure`), so a guest that ignores the
-//! code cannot hide it.
+//! each store carries. Host functions never panic. A bad argument returns a
+//! negative code *and* fails the record (the first such failure is kept in
+//! `HostState::failure`), so a guest that ignores the code cannot hide it.
+//!
+//! Every call is paid for in fuel before any work: [`HOST_CALL_FUEL`] plus
+//! one unit per [`BYTES_PER_FUEL`] bytes the call reads, scans, copies or
+//! writes, so a module cannot buy megabytes of host work for a few units.
+//! A call that cannot be paid for ends the record as out of fuel (a trap,
+//! as running out in the guest's own code does). Arguments are checked
+//! against the limits before anything is allocated. The record's
+//! wall-clock deadline is checked too, while the host works.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
-use wasmi::{Caller, Engine, Linker, Memory, StoreLimits};
+use wasmi::{Caller, Engine, Linker, Memory, StoreLimits, TrapCode};
 use weir_abi::hostcall::{
     E_BOUNDS, E_INVALID, E_MALFORMED, E_NOT_FOUND, E_TOO_LARGE, E_TOO_MANY_OUTPUTS,
 };
@@ -21,6 +29,13 @@ use super::{Grant, Limits};
 pub const LOG_LINES_PER_RECORD: u32 = 16;
 /// Longest log line kept, in bytes.
 pub const LOG_LINE_MAX: usize = 1024;
+
+/// Fuel every host call costs, whatever it does.
+pub const HOST_CALL_FUEL: u64 = 8;
+/// Bytes of host work one unit of fuel pays for. At wasmi's speed one unit
+/// is about one guest instruction, about a nanosecond; the host handles
+/// a few bytes in that time.
+pub const BYTES_PER_FUEL: u64 = 4;
 
 /// Records emitted during one call, stored back to back.
 pub use weir_abi::records::Records as Outputs;
@@ -63,6 +78,8 @@ pub struct HostState {
     pub(crate) stage: Arc<str>,
     pub(crate) log_lines: u32,
     pub(crate) logs_dropped: u64,
+    /// When the record must be done by (checked by host calls).
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -89,11 +106,13 @@ impl HostState {
             stage,
             log_lines: 0,
             logs_dropped,
+            deadline: None,
         }
     }
 
     /// Prepare for the next call on `input`.
     pub(crate) fn reset_call(&mut self, input: &[u8]) {
+        self.deadline = Some(Instant::now() + self.limits.deadline);
         self.input.clear();
         self.input.extend_from_slice(input);
         self.payload = None;
@@ -140,6 +159,31 @@ impl HostState {
     }
 }
 
+/// Pay for a host call that handles `bytes` bytes, before doing it; past
+/// the record's deadline, end the record. Err: the trap that ends it.
+fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> Result<(), wasmi::Error> {
+    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64 / BYTES_PER_FUEL);
+    let fuel = caller.get_fuel()?;
+    if cost > fuel {
+        caller.set_fuel(0)?;
+        return Err(TrapCode::OutOfFuel.into());
+    }
+    caller.set_fuel(fuel - cost)?;
+    let st = caller.data_mut();
+    if st.deadline.is_some_and(|d| Instant::now() > d) {
+        let limit = st.limits.deadline;
+        st.failure = Some(StageError::Deadline { limit });
+        return Err(wasmi::Error::new("the record's deadline passed"));
+    }
+    Ok(())
+}
+
+/// The length argument of a call as a size (negative: 0, refused later by
+/// the bounds check, which costs nothing).
+fn size(len: i32) -> usize {
+    usize::try_from(len).unwrap_or(0)
+}
+
 /// `ptr..ptr+len` if it lies inside `mem`.
 fn range(mem: &[u8], ptr: i32, len: i32) -> Option<Range<usize>> {
     let start = ptr as u32 as usize;
@@ -184,7 +228,14 @@ macro_rules! bounds {
     };
 }
 
-fn emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
+type HostResult = Result<i32, wasmi::Error>;
+
+fn emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> HostResult {
+    charge(&mut caller, size(len))?;
+    Ok(emit_paid(caller, ptr, len))
+}
+
+fn emit_paid(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let r = bounds!(st, imports::EMIT, mem, ptr, len);
     if let Err(code) = st.check_output(imports::EMIT, r.len()) {
@@ -202,7 +253,14 @@ fn emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     0
 }
 
-fn input_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> i32 {
+fn input_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> HostResult {
+    // The lookup scans the input; the value copied is part of it.
+    let scan = caller.data().input.len();
+    charge(&mut caller, size(kl) + scan)?;
+    Ok(input_get_paid(caller, kp, kl, vp, vc))
+}
+
+fn input_get_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let k = bounds!(st, imports::INPUT_GET, mem, kp, kl);
     let v = bounds!(st, imports::INPUT_GET, mem, vp, vc);
@@ -215,14 +273,25 @@ fn input_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i
     copy_out(mem, v, value)
 }
 
-fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
+fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> HostResult {
+    // The patch is validated, the input read, the output written: each at
+    // most input + patch bytes.
+    let input = caller.data().input.len();
+    charge(&mut caller, 2 * (input + size(len)))?;
+    Ok(emit_input_paid(caller, ptr, len))
+}
+
+fn emit_input_paid(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let r = bounds!(st, imports::EMIT_INPUT, mem, ptr, len);
     let patch = &mem[r];
-    let max = weir_abi::patch::max_output_len(&st.input, patch);
     if let Err(code) = st.check_output(imports::EMIT_INPUT, 0) {
         return code;
     }
+    // Never more room than the output budget has left (+1, so an output
+    // that does not fit is seen as too large, not as a bad patch).
+    let left = (st.limits.max_output_bytes as usize).saturating_sub(st.outputs.bytes());
+    let max = weir_abi::patch::max_output_len(&st.input, patch).min(left.saturating_add(1));
     let input = &st.input;
     let written = st.outputs.push_with(max, |buf| {
         let mut w = weir_abi::cbor::Writer::new(buf);
@@ -239,6 +308,18 @@ fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
             }
             0
         }
+        Err("output buffer too small") => {
+            let detail = format!(
+                "more than {} output bytes for one record",
+                st.limits.max_output_bytes
+            );
+            st.fail(
+                imports::EMIT_INPUT,
+                E_TOO_LARGE,
+                FailureKind::TooLarge,
+                detail,
+            )
+        }
         Err(why) => st.fail(
             imports::EMIT_INPUT,
             E_MALFORMED,
@@ -248,7 +329,12 @@ fn emit_input(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     }
 }
 
-fn log(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> i32 {
+fn log(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> HostResult {
+    charge(&mut caller, size(len).min(LOG_LINE_MAX))?;
+    Ok(log_paid(caller, lvl, ptr, len))
+}
+
+fn log_paid(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let r = bounds!(st, imports::LOG, mem, ptr, len);
     if !(level::ERROR..=level::TRACE).contains(&lvl) {
@@ -277,11 +363,25 @@ fn log(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> i32 {
     0
 }
 
-fn clock_now_ms(_: Caller<'_, HostState>) -> i64 {
-    crate::record::now_ms() as i64
+fn clock_now_ms(mut caller: Caller<'_, HostState>) -> Result<i64, wasmi::Error> {
+    charge(&mut caller, 0)?;
+    Ok(crate::record::now_ms() as i64)
 }
 
-fn state_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> i32 {
+fn state_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> HostResult {
+    charge(&mut caller, size(kl))?;
+    // The copy: the value's length if the buffer takes it, else nothing.
+    let copy = {
+        let (mem, st) = memory(&mut caller);
+        range(mem, kp, kl)
+            .and_then(|k| st.kv.map.get(&mem[k]))
+            .map_or(0, |v| if v.len() <= size(vc) { v.len() } else { 0 })
+    };
+    charge(&mut caller, copy)?;
+    Ok(state_get_paid(caller, kp, kl, vp, vc))
+}
+
+fn state_get_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let k = bounds!(st, imports::STATE_GET, mem, kp, kl);
     let v = bounds!(st, imports::STATE_GET, mem, vp, vc);
@@ -291,7 +391,12 @@ fn state_get(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vc: i
     copy_out(mem, v, value)
 }
 
-fn state_set(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32) -> i32 {
+fn state_set(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32) -> HostResult {
+    charge(&mut caller, size(kl) + size(vl))?;
+    Ok(state_set_paid(caller, kp, kl, vp, vl))
+}
+
+fn state_set_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let k = bounds!(st, imports::STATE_SET, mem, kp, kl);
     let v = bounds!(st, imports::STATE_SET, mem, vp, vl);
@@ -325,7 +430,12 @@ fn state_set(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i
     0
 }
 
-fn state_delete(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> i32 {
+fn state_delete(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> HostResult {
+    charge(&mut caller, size(kl))?;
+    Ok(state_delete_paid(caller, kp, kl))
+}
+
+fn state_delete_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> i32 {
     let (mem, st) = memory(&mut caller);
     let k = bounds!(st, imports::STATE_DELETE, mem, kp, kl);
     let klen = k.len();

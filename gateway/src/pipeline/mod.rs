@@ -101,6 +101,9 @@ pub struct Limits {
     pub max_output_bytes: u64,
     /// Cap on the module's key/value state, bytes (keys plus values).
     pub state_bytes: u64,
+    /// Wall-clock time one record may take in the stage, checked while
+    /// the host works (fuel bounds the guest's own instructions).
+    pub deadline: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -111,6 +114,7 @@ impl Default for Limits {
             max_outputs: 64,
             max_output_bytes: 1 << 20,
             state_bytes: 1 << 20,
+            deadline: std::time::Duration::from_millis(250),
         }
     }
 }

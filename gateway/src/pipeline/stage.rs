@@ -286,7 +286,17 @@ impl Stage {
         let code = match result {
             Ok(code) => code,
             Err(e) => {
-                if matches!(e, StageError::Trap(_) | StageError::OutOfFuel { .. }) {
+                // A host call that ended the record says why (the deadline).
+                let e = match store.data_mut().failure.take() {
+                    Some(f @ StageError::Deadline { .. }) => f,
+                    _ => e,
+                };
+                if matches!(
+                    e,
+                    StageError::Trap(_)
+                        | StageError::OutOfFuel { .. }
+                        | StageError::Deadline { .. }
+                ) {
                     self.live = None; // its memory may be inconsistent
                 }
                 return Err(e);

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-pub use config::{BufferConfig, StoreConfig, WhenFull, duration};
+pub use config::{BufferConfig, StoreConfig, WhenFull, duration, opt_duration};
 pub use entry::{Entry, EntryError, Kind};
 
 use crate::sources::Origin;
