@@ -600,10 +600,25 @@ fn store_commands_inspect_verify_and_compact() {
         *b ^= 0x5a;
     }
     std::fs::write(&db, &bytes).unwrap();
-    let (code, out, err) = weir_cmd(&["store", "verify"]);
-    assert_eq!(code, Some(1), "{out}{err}");
-    assert!(err.contains("damaged"), "{err}");
-    assert!(out.contains("sequence numbers lost"), "{out}");
+    // verify is read-only: it says so, twice alike, and moves nothing.
+    for _ in 0..2 {
+        let (code, out, err) = weir_cmd(&["store", "verify"]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(err.contains("damaged"), "{err}");
+        let names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains(".damaged-")),
+            "verify moved the store aside: {names:?}"
+        );
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == bytes,
+        "verify changed the store's bytes"
+    );
 }
 
 /// A durable file sink (rotated) and a local republish in CBOR, side by side.

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::Failure;
 use crate::config::Config;
 use crate::sinks::SinkConfig;
-use crate::store::{BufferConfig, OpenReport, Store, StoreConfig};
+use crate::store::{BufferConfig, OpenMode, OpenReport, Store, StoreConfig};
 
 /// `weir store ...`.
 #[derive(Subcommand)]
@@ -59,14 +59,82 @@ pub(super) fn run(cmd: StoreCommand) -> Result<(), Failure> {
     }
 }
 
-fn open(a: &StoreArgs) -> Result<(Config, PathBuf, Store, OpenReport), Failure> {
+/// Open the store of `a`: for inspection (nothing moved or repaired) or,
+/// for `compact`, as the daemon does.
+type Opened = (Config, PathBuf, Store, OpenReport, Option<InspectCopy>);
+
+fn open(a: &StoreArgs, mode: OpenMode) -> Result<Opened, Failure> {
     let cfg = Config::load(&a.config).map_err(Failure::refused)?;
     let path = a.path.clone().unwrap_or_else(|| cfg.store_path());
     if !path.join("db").is_file() {
         return Err(anyhow::anyhow!("no store at {}", path.display()).into());
     }
-    let (store, report) = Store::open(&path, &cfg.store)?;
-    Ok((cfg, path, store, report))
+    if mode == OpenMode::Inspect {
+        // sled has no read-only mode: opening runs its recovery, which can
+        // rewrite a damaged log. So inspection opens a copy, made while
+        // holding sled's own lock on the original (nobody writes it meanwhile).
+        let copy = InspectCopy::make(&path)?;
+        let (store, report) = Store::open_with(&copy.0, &cfg.store, mode)?;
+        return Ok((cfg, path, store, report, Some(copy)));
+    }
+    let (store, report) = Store::open_with(&path, &cfg.store, mode)?;
+    Ok((cfg, path, store, report, None))
+}
+
+/// A copy of a store for inspection, removed when dropped.
+pub struct InspectCopy(PathBuf);
+
+impl InspectCopy {
+    fn make(path: &Path) -> Result<InspectCopy, Failure> {
+        let db = std::fs::File::open(path.join("db"))
+            .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; released when `db` closes.
+        if unsafe { libc::flock(db.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(anyhow::anyhow!(
+                "store {}: in use by another process (is `weir serve` running?): could not acquire lock",
+                path.display()
+            )
+            .into());
+        }
+        let copy = PathBuf::from(format!("{}.inspect-{}", path.display(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&copy);
+        let guard = InspectCopy(copy);
+        // The high-water mark lives beside the store (`<store>.seq`).
+        let seq = PathBuf::from(format!("{}.seq", path.display()));
+        if seq.exists() {
+            std::fs::copy(&seq, format!("{}.seq", guard.0.display()))
+                .map_err(|e| anyhow::anyhow!("cannot copy {}: {e}", seq.display()))?;
+        }
+        copy_dir(path, &guard.0).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot copy the store to {} for a read-only inspection: {e}",
+                guard.0.display()
+            )
+        })?;
+        Ok(guard)
+    }
+}
+
+impl Drop for InspectCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(format!("{}.seq", self.0.display()));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
 }
 
 fn buffer_of(sinks: &[SinkConfig], name: &str) -> BufferConfig {
@@ -77,7 +145,11 @@ fn buffer_of(sinks: &[SinkConfig], name: &str) -> BufferConfig {
 }
 
 fn inspect(a: &StoreArgs, verify: bool) -> Result<(), Failure> {
-    let (cfg, path, store, mut report) = open(a)?;
+    // The inspected copy outlives the store opened on it: declared first,
+    // dropped last.
+    let _copy: Option<InspectCopy>;
+    let (cfg, path, store, mut report, copy) = open(a, OpenMode::Inspect)?;
+    _copy = copy;
     let sinks = cfg.sinks();
     let now = crate::record::now_ms();
     let mut rows = Vec::new();
@@ -166,7 +238,7 @@ fn inspect(a: &StoreArgs, verify: bool) -> Result<(), Failure> {
 }
 
 fn compact(a: &CompactArgs) -> Result<(), Failure> {
-    let (cfg, path, store, mut report) = open(&a.store)?;
+    let (cfg, path, store, mut report, _) = open(&a.store, OpenMode::Serve)?;
     let sinks = cfg.sinks();
     let before = dir_size(&path);
     let fresh_path = PathBuf::from(format!("{}.compacting", path.display()));
@@ -219,6 +291,9 @@ fn compact(a: &CompactArgs) -> Result<(), Failure> {
     std::fs::rename(&path, &old)?;
     std::fs::rename(&fresh_path, &path)?;
     std::fs::remove_dir_all(&old)?;
+    // The fresh store's high-water mark, beside it under its temporary
+    // name; the store's own (`<store>.seq`) already holds at least as much.
+    let _ = std::fs::remove_file(format!("{}.seq", fresh_path.display()));
     let after = dir_size(&path);
     println!(
         "compacted {}: {moved} entries kept, {} expired, {} damaged found; {} queues dropped {:?}; {before} -> {after} bytes",

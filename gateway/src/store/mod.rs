@@ -41,6 +41,16 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// sled cannot open the store (opened for inspection, so left as is).
+    #[error(
+        "store {path} is damaged: sled cannot open it ({why}); `weir serve` moves it aside and starts a fresh one, keeping message ids"
+    )]
+    Damaged {
+        /// The database directory.
+        path: String,
+        /// sled's complaint.
+        why: String,
+    },
     /// A file operation failed.
     #[error("store {path}: {source}")]
     Io {
@@ -80,12 +90,41 @@ pub struct Store {
     meta: Option<sled::Tree>,
     seen: Option<sled::Tree>,
     watermark: Option<File>,
+    /// Opened for inspection: queues count damage but move nothing.
+    read_only: bool,
 }
 
-/// Next to sled's files: the last synced `next_seq`, 8 bytes big-endian.
-/// sled's recovery silently drops the log after the first corrupt
-/// message; comparing with this file is how that loss gets reported.
-const WATERMARK: &str = "weir.seq";
+/// The last synced `next_seq`, 8 bytes big-endian, in a file *beside* the
+/// store directory (`<store>.seq`), where moving a damaged store aside or
+/// damage inside it cannot reach it: message ids are never reissued. sled's
+/// recovery silently drops the log after the first corrupt message;
+/// comparing with this file is also how that loss gets reported. Older
+/// versions kept it inside the directory as `weir.seq`, still read.
+const LEGACY_WATERMARK: &str = "weir.seq";
+
+fn watermark_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".seq");
+    path.with_file_name(name)
+}
+
+fn read_watermark(file: &Path) -> u64 {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?)))
+        .unwrap_or(0)
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// For serving: damage is repaired (a store sled cannot open is moved
+    /// aside, damaged entries are moved to `damaged/<sink>`).
+    Serve,
+    /// For `weir store inspect|verify`: nothing is moved or repaired; a
+    /// store sled cannot open is an error.
+    Inspect,
+}
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 
@@ -103,6 +142,7 @@ impl Store {
             meta: None,
             seen: None,
             watermark: None,
+            read_only: false,
         }
     }
 
@@ -110,6 +150,16 @@ impl Store {
     /// to open, or panics on, is renamed `<path>.damaged-<ms>` and a fresh
     /// one is created; the report says so.
     pub fn open(path: &Path, cfg: &StoreConfig) -> Result<(Store, OpenReport), StoreError> {
+        Store::open_with(path, cfg, OpenMode::Serve)
+    }
+
+    /// [`Store::open`], or with [`OpenMode::Inspect`] an open that moves
+    /// and repairs nothing.
+    pub fn open_with(
+        path: &Path,
+        cfg: &StoreConfig,
+        mode: OpenMode,
+    ) -> Result<(Store, OpenReport), StoreError> {
         let io = |source| StoreError::Io {
             path: path.display().to_string(),
             source,
@@ -118,10 +168,8 @@ impl Store {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let mut report = OpenReport::default();
-        let issued = std::fs::read(path.join(WATERMARK))
-            .ok()
-            .and_then(|b| Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?)))
-            .unwrap_or(0);
+        let issued =
+            read_watermark(&watermark_path(path)).max(read_watermark(&path.join(LEGACY_WATERMARK)));
         // sled releases its file lock from background threads after the
         // last handle is dropped, so a store closed a moment ago in this
         // process can still be locked: retry briefly before calling it in use.
@@ -145,6 +193,12 @@ impl Store {
                 } else {
                     e
                 }));
+            }
+            Err(Opened::Damaged(why)) if mode == OpenMode::Inspect => {
+                return Err(StoreError::Damaged {
+                    path: path.display().to_string(),
+                    why,
+                });
             }
             Err(Opened::Damaged(why)) => {
                 let aside = PathBuf::from(format!(
@@ -201,12 +255,31 @@ impl Store {
             );
             next = issued;
         }
-        let watermark = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path.join(WATERMARK))
-            .map_err(io)?;
+        let watermark = match mode {
+            OpenMode::Inspect => None,
+            OpenMode::Serve => {
+                let file = watermark_path(path);
+                let w = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&file)
+                    .map_err(|source| StoreError::Io {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+                // At once: a store moved aside or lost before the first
+                // sync must not take the high-water mark with it.
+                use std::os::unix::fs::FileExt;
+                w.write_all_at(&next.to_be_bytes(), 0)
+                    .and_then(|()| w.sync_data())
+                    .map_err(|source| StoreError::Io {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+                Some(w)
+            }
+        };
         let sync_file = if cfg.fsync {
             Some(File::open(path.join("db")).map_err(io)?)
         } else {
@@ -222,7 +295,8 @@ impl Store {
             healthy: AtomicBool::new(true),
             meta: Some(meta),
             seen: Some(seen),
-            watermark: Some(watermark),
+            watermark,
+            read_only: mode == OpenMode::Inspect,
         };
         Ok((store, report))
     }
@@ -298,6 +372,7 @@ impl Store {
         };
         let q = Queue {
             name: name.to_string(),
+            read_only: self.read_only,
             backing,
             cfg,
             bytes: AtomicU64::new(0),
@@ -368,7 +443,7 @@ impl Store {
                 use std::os::unix::fs::FileExt;
                 w.write_all_at(&upto.to_be_bytes(), 0)
                     .map_err(|source| StoreError::Io {
-                        path: self.path.join(WATERMARK).display().to_string(),
+                        path: watermark_path(&self.path).display().to_string(),
                         source,
                     })?;
             }
@@ -505,6 +580,8 @@ enum Backing {
 /// One sink's queue.
 pub struct Queue {
     name: String,
+    /// Inspection only: damage is counted, never moved.
+    read_only: bool,
     backing: Backing,
     cfg: BufferConfig,
     bytes: AtomicU64,
@@ -717,8 +794,10 @@ impl Queue {
                 }
             }
         }
-        for (k, v, why) in bad {
-            self.quarantine(k, &v, &why);
+        if !self.read_only {
+            for (k, v, why) in bad {
+                self.quarantine(k, &v, &why);
+            }
         }
         out
     }
@@ -765,6 +844,10 @@ impl Queue {
         self.len.store(n, Relaxed);
         self.bytes.store(bytes, Relaxed);
         let damaged = bad.len() as u64;
+        if self.read_only {
+            self.metrics.damaged.fetch_add(damaged, Relaxed);
+            return (n, bytes, damaged);
+        }
         if let Backing::Sled {
             tree,
             damaged: aside,

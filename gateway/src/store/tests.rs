@@ -246,8 +246,116 @@ fn a_store_in_use_is_an_error_not_damage() {
         .err()
         .expect("locked");
     assert!(err.to_string().contains("in use"), "{err}");
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(entries.len(), 1, "nothing moved aside");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "nothing moved aside: {entries:?}");
+    assert!(entries.contains(&"store.seq".to_string()), "{entries:?}");
+}
+
+fn damage_conf(path: &Path) {
+    // sled checks its config file's checksum.
+    std::fs::write(
+        path.join("conf"),
+        b"segment_size: garbage\n\x01\x02\x03\x04",
+    )
+    .unwrap();
+}
+
+#[test]
+fn inspection_reports_an_unopenable_store_and_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    drop(Store::open(&path, &StoreConfig::default()).unwrap());
+    damage_conf(&path);
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let err = Store::open_with(&path, &StoreConfig::default(), OpenMode::Inspect)
+        .err()
+        .expect("damaged");
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("keeping message ids"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "inspection moved something");
+    assert!(path.join("conf").exists());
+}
+
+#[test]
+fn inspection_counts_damaged_entries_but_leaves_them_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
+        let q = store
+            .queue(
+                "cloud",
+                BufferConfig::default(),
+                true,
+                &mut OpenReport::default(),
+            )
+            .unwrap();
+        push_n(&store, &q, 3);
+        // A bad entry, as damage would leave it.
+        q.copy_in(store.take_seq(), b"not an entry at all");
+        store.sync(store.next_seq()).unwrap();
+    }
+    for _ in 0..2 {
+        let (store, _) =
+            Store::open_with(&path, &StoreConfig::default(), OpenMode::Inspect).unwrap();
+        let mut report = OpenReport::default();
+        let q = store
+            .queue("cloud", BufferConfig::default(), true, &mut report)
+            .unwrap();
+        assert_eq!(report.damaged, 1, "counted, every time: not moved");
+        assert_eq!(q.damaged_kept(), 0);
+    }
+}
+
+#[test]
+fn message_ids_are_never_reissued_when_the_store_is_moved_aside_or_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
+        let q = store
+            .queue(
+                "cloud",
+                BufferConfig::default(),
+                true,
+                &mut OpenReport::default(),
+            )
+            .unwrap();
+        push_n(&store, &q, 10);
+        store.sync(store.next_seq()).unwrap();
+    }
+    damage_conf(&path);
+    {
+        let (store, report) = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert!(report.moved_aside.is_some());
+        assert_eq!(store.next_seq(), 11);
+        // Stopped before any sync of the fresh store.
+    }
+    let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
+    assert_eq!(
+        store.next_seq(),
+        11,
+        "ids restart after a store moved aside"
+    );
+    drop(store);
+    // The whole directory gone (a user's rm -rf, a reformatted card
+    // partition keeps the state directory's sibling only if it is there).
+    std::fs::remove_dir_all(&path).unwrap();
+    let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
+    assert_eq!(store.next_seq(), 11, "ids restart after the store was lost");
 }
 
 #[test]
