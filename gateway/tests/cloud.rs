@@ -273,6 +273,14 @@ fn full_buffer(policy: &str) -> (Vec<u64>, Vec<u64>, String) {
     let d = dir.path();
     let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
     let cloud_port = free_port();
+    // The subscriber's persistent session exists before weir's sink can
+    // reach the cloud, so nothing published before it resubscribes is lost.
+    let cloud_dir = mosquitto_dir(d, "cloud");
+    {
+        let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+        drop(Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]));
+        cloud.stop();
+    }
     // One stored entry of W1 output is ~200 bytes.
     let sink = format!(
         "port = {cloud_port}\nbuffer = {{ max_bytes = \"20 KiB\", when_full = \"{policy}\" }}"
@@ -290,7 +298,7 @@ fn full_buffer(policy: &str) -> (Vec<u64>, Vec<u64>, String) {
             field_in(l, "enqueued") + field_in(l, "dropped_newest") == kept.len() as u64
         });
     }
-    let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
+    let cloud = Mosquitto::start(&cloud_dir, cloud_port);
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
     let expect = if policy == "block" { kept.len() } else { 1 };
     let got = sub.wait(expect, 60);

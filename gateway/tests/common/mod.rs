@@ -257,10 +257,15 @@ pub struct Sub {
 
 impl Sub {
     /// Subscribe to `filter` on `port` as client `id`; `extra` adds
-    /// mosquitto_sub options (TLS files). Waits until subscribed.
+    /// mosquitto_sub options (TLS files). Waits (bounded) for the broker's
+    /// SUBACK, read from mosquitto_sub's `-d` lines.
     pub fn start(port: u16, id: &str, filter: &str, extra: &[&str]) -> Sub {
-        let mut child = Command::new("mosquitto_sub")
+        // Line-buffered (stdbuf execs mosquitto_sub in place): its `-d`
+        // lines would otherwise sit in a pipe buffer until it exits.
+        let mut child = Command::new("stdbuf")
             .args([
+                "-oL",
+                "mosquitto_sub",
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -268,6 +273,7 @@ impl Sub {
                 "-q",
                 "1",
                 "-c",
+                "-d",
                 "-i",
                 id,
                 "-t",
@@ -279,10 +285,18 @@ impl Sub {
             .spawn()
             .expect("mosquitto_sub is installed");
         let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
+        let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, s) = (got.clone(), subscribed.clone());
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // `-d` debug lines: the SUBACK is what the start waits for.
+                if line.starts_with("Client ") || line.starts_with("Subscribed (mid") {
+                    if line.contains("received SUBACK") {
+                        s.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    continue;
+                }
                 match serde_json::from_str(&line) {
                     Ok(serde_json::Value::Array(v)) => g.lock().unwrap().extend(v),
                     Ok(v) => g.lock().unwrap().push(v),
@@ -290,9 +304,11 @@ impl Sub {
                 }
             }
         });
-        // mosquitto_sub gives no sign of its SUBACK; the session exists once
-        // it connected, and a short wait covers the subscription.
-        std::thread::sleep(Duration::from_millis(400));
+        let deadline = Instant::now() + patience(10);
+        while !subscribed.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "mosquitto_sub got no SUBACK");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Sub { child, got }
     }
 
