@@ -30,7 +30,11 @@ fn is_root() -> bool {
 }
 
 fn weir(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    weir_at(Path::new(env!("CARGO_BIN_EXE_weir")), args)
+}
+
+fn weir_at(exe: &Path, args: &[&str]) -> Output {
+    Command::new(exe)
         .args(args)
         .env("WEIR_LOG", "info")
         .stdin(Stdio::null())
@@ -129,7 +133,8 @@ fn check_catches_tls_files_that_break_at_run_time_naming_key_and_file_once() {
     if is_root() {
         args.extend(["--user", NOBODY.0]);
     }
-    let out = weir(&args);
+    // As root, weir runs itself again as that user: a copy any user can run.
+    let out = weir_at(&reachable_weir(d), &args);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("sink[0].tls.key"), "{err}");
@@ -151,7 +156,10 @@ fn check_catches_tls_files_that_break_at_run_time_naming_key_and_file_once() {
                 d.display()
             ),
         );
-        let out = weir(&["check", "-c", durable.to_str().unwrap(), "--user", "nobody"]);
+        let out = weir_at(
+            &reachable_weir(d),
+            &["check", "-c", durable.to_str().unwrap(), "--user", "nobody"],
+        );
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
@@ -213,18 +221,28 @@ fn range_filter(d: &Path) -> String {
     )
 }
 
-/// `weir serve` as the unprivileged user when the test is root.
-fn serve_as_service_user(d: &Path, config: &Path) -> Serve {
+/// A copy of weir in `d` that any user can run (the build's own may sit
+/// under a directory only its owner can enter, such as /root).
+fn reachable_weir(d: &Path) -> PathBuf {
     let exe = d.join("weir");
-    std::fs::copy(env!("CARGO_BIN_EXE_weir"), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = Command::new(exe);
+    if !exe.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_weir"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    exe
+}
+
+/// `weir serve` as the unprivileged user when the test is root, with its
+/// state directory (`d/state`, holding the store and its high-water mark)
+/// owned by that user, as systemd's StateDirectory= does.
+fn serve_as_service_user(d: &Path, config: &Path) -> Serve {
+    let mut cmd = Command::new(reachable_weir(d));
     cmd.args(["serve", "--config", config.to_str().unwrap()])
         .args(["--stats-every", "200ms"]);
+    let state = d.join("state");
+    std::fs::create_dir_all(&state).unwrap();
     if is_root() {
-        let store = d.join("store");
-        std::fs::create_dir_all(&store).unwrap();
-        std::os::unix::fs::chown(&store, Some(NOBODY.1), Some(NOBODY.1)).unwrap();
+        std::os::unix::fs::chown(&state, Some(NOBODY.1), Some(NOBODY.1)).unwrap();
         cmd.uid(NOBODY.1).gid(NOBODY.1);
     }
     Serve::spawn(cmd)
@@ -256,7 +274,7 @@ fn a_source_and_a_sink_whose_tls_key_cannot_be_read_recover_once_it_is_fixed() {
         d,
         "weir.toml",
         &format!(
-            "{}\n[store]\npath = \"{p}/store\"\n[[source]]\ntype = \"mqtt\"\nname = \"sensors\"\nhost = \"127.0.0.1\"\nport = {}\nsubscribe = [ {{ filter = \"sensors/#\", qos = 1 }} ]\n{}\n[[sink]]\nname = \"cloud\"\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\n{}\n",
+            "{}\n[store]\npath = \"{p}/state/store\"\n[[source]]\ntype = \"mqtt\"\nname = \"sensors\"\nhost = \"127.0.0.1\"\nport = {}\nsubscribe = [ {{ filter = \"sensors/#\", qos = 1 }} ]\n{}\n[[sink]]\nname = \"cloud\"\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\n{}\n",
             range_filter(d),
             sensors.port,
             sink_tls(d, "source.key"),

@@ -122,9 +122,12 @@ fn rerun_as(
             Ok(())
         });
     }
-    let status = cmd
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot run the check as user `{user}`: {e}"))?;
+    let status = cmd.status().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run {} as user `{user}`: {e} (that user must be able to run weir itself)",
+            cmd.get_program().to_string_lossy()
+        )
+    })?;
     match status.code() {
         Some(0) => Ok(()),
         Some(2) => Err(Failure::quiet(2)),

@@ -484,8 +484,13 @@ impl Config {
             .any(crate::sinks::SinkConfig::is_durable)
         {
             let path = self.store_path();
-            if let Err(why) = writable_dir(&path) {
-                problems.push(self.err("store.path", format!("{}: {why}", path.display())));
+            // The store, and beside it its message-id high-water mark.
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            for dir in std::iter::once(path.as_path()).chain(parent) {
+                if let Err(why) = writable_dir(dir) {
+                    problems.push(self.err("store.path", format!("{}: {why}", path.display())));
+                    break;
+                }
             }
         }
         problems

@@ -264,9 +264,14 @@ impl Store {
                     .truncate(false)
                     .write(true)
                     .open(&file)
-                    .map_err(|source| StoreError::Io {
+                    .map_err(|e| StoreError::Io {
                         path: file.display().to_string(),
-                        source,
+                        source: std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{e} (weir keeps the message-id high-water mark beside the store: its parent directory must be writable by the service user)"
+                            ),
+                        ),
                     })?;
                 // At once: a store moved aside or lost before the first
                 // sync must not take the high-water mark with it.
