@@ -105,7 +105,7 @@ pub struct LimitsConfig {
     pub max_output_bytes: Option<ByteSize>,
     /// Cap on the module's key/value state (keys plus values).
     pub state_bytes: Option<ByteSize>,
-    /// Wall-clock time one record may take in a stage (`"250ms"`).
+    /// Wall-clock time one record may take in a stage (`"2s"`).
     #[serde(default, deserialize_with = "crate::store::opt_duration")]
     pub deadline: Option<std::time::Duration>,
 }

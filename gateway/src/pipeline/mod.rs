@@ -114,7 +114,7 @@ impl Default for Limits {
             max_outputs: 64,
             max_output_bytes: 1 << 20,
             state_bytes: 1 << 20,
-            deadline: std::time::Duration::from_millis(250),
+            deadline: std::time::Duration::from_secs(2),
         }
     }
 }
