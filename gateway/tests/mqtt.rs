@@ -386,3 +386,60 @@ fn a_slow_pipeline_slows_the_source_without_loss() {
         "{log}"
     );
 }
+
+#[test]
+fn an_oversized_qos1_message_does_not_wedge_an_mqtt311_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), free_port());
+    let path = config(dir.path(), broker.port, 4, 1, None);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "dead_letter = true",
+        "dead_letter = true\nmax_payload = \"1 KiB\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let weir = Serve::start(&path);
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+    // 200 KB: over max_payload and over the client's usual packet limit
+    // (max_payload + 64 KiB). MQTT 3.1.1 cannot tell the broker; it used
+    // to redeliver this at every reconnect, and nothing else got through.
+    let big = format!("{{\"n\":1000,\"pad\":\"{}\"}}", "x".repeat(200_000));
+    let mut publish = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args([
+            "-V",
+            "mqttv311",
+            "-q",
+            "1",
+            "-t",
+            "sensors/big/telemetry",
+            "-s",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        publish
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(big.as_bytes())
+            .unwrap();
+    }
+    assert!(publish.wait().unwrap().success());
+    broker.publish("mqttv311", 1, "sensors/s1/telemetry", &numbered(0..20), &[]);
+    let lines = weir.wait_lines(21);
+    let log = weir.stop();
+    assert_eq!(ns(&lines), (0..20).collect::<Vec<u64>>(), "{log}");
+    let dead: Vec<_> = lines
+        .iter()
+        .filter(|l| l["dead_letter"]["kind"] == "too_large")
+        .collect();
+    assert_eq!(dead.len(), 1, "{log}");
+    assert_eq!(
+        log.matches("reconnecting once to read it").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("too_large=1"), "{log}");
+}

@@ -421,6 +421,9 @@ impl Config {
         if !matches!(m.version, 4 | 5) {
             return Err(self.err(format!("{at}.version"), "must be 4 (MQTT 3.1.1) or 5"));
         }
+        if m.max_packet.0 < m.max_payload.0 {
+            return Err(self.err(format!("{at}.max_packet"), "must be at least `max_payload`"));
+        }
         if m.subscribe.is_empty() {
             return Err(self.err(format!("{at}.subscribe"), "needs at least one subscription"));
         }

@@ -55,6 +55,12 @@ pub struct MqttConfig {
     /// Largest payload accepted.
     #[serde(default = "default_max_payload")]
     pub max_payload: ByteSize,
+    /// MQTT 3.1.1: the largest message the source reads at all. One over
+    /// `max_payload` but within this is read once, counted (`too_large`)
+    /// and acknowledged, so the broker does not redeliver it at every
+    /// reconnect; one over this cannot be taken (logged with the fix).
+    #[serde(default = "default_max_packet")]
+    pub max_packet: ByteSize,
     /// Topic pattern whose `{name}` segments become payload fields, e.g.
     /// `sensors/{id}/telemetry`.
     pub topic_fields: Option<String>,
@@ -95,6 +101,9 @@ fn default_inflight() -> u16 {
 }
 fn default_qos() -> u8 {
     1
+}
+fn default_max_packet() -> ByteSize {
+    ByteSize(16 << 20)
 }
 fn default_max_payload() -> ByteSize {
     ByteSize(256 << 10)
@@ -402,6 +411,11 @@ mod v4 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
+        // The incoming packet limit: max_payload plus headers, raised for
+        // one connection to read (and acknowledge) an oversized message.
+        let normal = cfg.max_payload.0 as usize + 65_536;
+        let mut max_in = normal;
+        let mut oversize: Option<usize> = None;
         loop {
             // A new client for every connection: the TLS files are read
             // again, so a fixed file is picked up without a restart.
@@ -422,7 +436,7 @@ mod v4 {
                 .set_clean_session(cfg.clean_session)
                 .set_manual_acks(true)
                 .set_inflight(cfg.inflight.max(1))
-                .set_max_packet_size(cfg.max_payload.0 as usize + 65_536, 65_536);
+                .set_max_packet_size(max_in, 65_536);
             if let Some(user) = &cfg.username {
                 opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
             }
@@ -477,13 +491,39 @@ mod v4 {
                         }
                     }
                     Ok(_) => {}
+                    Err(rumqttc::ConnectionError::MqttState(
+                        rumqttc::StateError::Deserialization(
+                            rumqttc::Error::PayloadSizeLimitExceeded(n),
+                        ),
+                    )) => {
+                        oversize = Some(n);
+                        break Ended::Lost(format!(
+                            "a message of {n} bytes is over the packet limit"
+                        ));
+                    }
                     Err(e) => break Ended::Lost(e.to_string()),
                 }
             };
             let _ = client.try_disconnect();
             match ended {
                 Ended::Stop => break,
+                // MQTT 3.1.1 has no way to tell the broker our limit, and
+                // it redelivers the message at every reconnect: read it
+                // once (the handler refuses it as too large and
+                // acknowledges it), then go on.
+                Ended::Lost(_) if oversize.is_some_and(|n| n < cfg.max_packet.0 as usize) => {
+                    let n = oversize.take().unwrap_or(0);
+                    tracing::warn!(source = %cfg.name, host = %cfg.host, bytes = n,
+                        max_payload = cfg.max_payload.0, max_packet = cfg.max_packet.0,
+                        "MQTT message over max_payload; reconnecting once to read it, count it as too_large and acknowledge it");
+                    max_in = n + 1024;
+                }
                 Ended::Lost(e) => {
+                    if let Some(n) = oversize.take() {
+                        tracing::error!(source = %cfg.name, host = %cfg.host, bytes = n, max_packet = cfg.max_packet.0,
+                            "MQTT message over max_packet: it cannot be read, and the broker redelivers it at every reconnect. Raise `max_packet`, or remove it at the broker (clear this client's session)");
+                    }
+                    max_in = normal;
                     if rc.failed(&h, e, false, &mut shutdown).await {
                         break;
                     }
