@@ -166,6 +166,30 @@ fn check_catches_tls_files_that_break_at_run_time_naming_key_and_file_once() {
             err.contains("store.path") && err.contains("not writable"),
             "{err}"
         );
+        // The store itself writable, its parent not: check says so (the
+        // message-id high-water mark lives beside the store), and serve,
+        // started anyway, refuses with the reason rather than run without it.
+        let store = d.join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        std::os::unix::fs::chown(&store, Some(NOBODY.1), Some(NOBODY.1)).unwrap();
+        let out = weir_at(
+            &reachable_weir(d),
+            &["check", "-c", durable.to_str().unwrap(), "--user", "nobody"],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let out = Command::new(reachable_weir(d))
+            .args(["serve", "-c", durable.to_str().unwrap()])
+            .uid(NOBODY.1)
+            .gid(NOBODY.1)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("store.seq") && err.contains("beside the store"),
+            "{err}"
+        );
     }
 }
 

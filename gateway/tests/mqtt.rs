@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{Mosquitto, Serve, free_port, make_certs};
+use common::{Mosquitto, Serve, free_port, make_certs, publish_bytes};
 
 /// One MQTT source subscribed to `sensors/#` and the given pipelines
 /// (default: one pass-through pipeline).
@@ -387,47 +387,38 @@ fn a_slow_pipeline_slows_the_source_without_loss() {
     );
 }
 
-#[test]
-fn an_oversized_qos1_message_does_not_wedge_an_mqtt311_source() {
+/// An MQTT 3.1.1 source with `max_payload = 1 KiB` and `extra` keys;
+/// a 200 KB QoS 1 message published ahead of 20 readings.
+fn oversized_ahead_of_readings(extra: &str) -> (tempfile::TempDir, Mosquitto, Serve) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path(), free_port());
     let path = config(dir.path(), broker.port, 4, 1, None);
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "dead_letter = true",
-        "dead_letter = true\nmax_payload = \"1 KiB\"",
+        &format!("dead_letter = true\nmax_payload = \"1 KiB\"\n{extra}"),
     );
     std::fs::write(&path, text).unwrap();
     let weir = Serve::start(&path);
     assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
-    // 200 KB: over max_payload and over the client's usual packet limit
-    // (max_payload + 64 KiB). MQTT 3.1.1 cannot tell the broker; it used
-    // to redeliver this at every reconnect, and nothing else got through.
+    // Over max_payload and over the client's usual packet limit
+    // (max_payload + 64 KiB). MQTT 3.1.1 cannot tell the broker its limit.
     let big = format!("{{\"n\":1000,\"pad\":\"{}\"}}", "x".repeat(200_000));
-    let mut publish = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .args([
-            "-V",
-            "mqttv311",
-            "-q",
-            "1",
-            "-t",
-            "sensors/big/telemetry",
-            "-s",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        publish
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(big.as_bytes())
-            .unwrap();
-    }
-    assert!(publish.wait().unwrap().success());
+    publish_bytes(
+        broker.port,
+        "mqttv311",
+        1,
+        "sensors/big/telemetry",
+        big.as_bytes(),
+    );
     broker.publish("mqttv311", 1, "sensors/s1/telemetry", &numbered(0..20), &[]);
+    (dir, broker, weir)
+}
+
+#[test]
+fn an_oversized_qos1_message_does_not_wedge_an_mqtt311_source() {
+    // It used to be redelivered at every reconnect, and nothing else got
+    // through. Now it is read once, counted and acknowledged.
+    let (_dir, _broker, weir) = oversized_ahead_of_readings("");
     let lines = weir.wait_lines(21);
     let log = weir.stop();
     assert_eq!(ns(&lines), (0..20).collect::<Vec<u64>>(), "{log}");
@@ -442,4 +433,36 @@ fn an_oversized_qos1_message_does_not_wedge_an_mqtt311_source() {
         "{log}"
     );
     assert!(log.contains("too_large=1"), "{log}");
+}
+
+#[test]
+fn a_message_over_max_packet_is_reported_once_with_the_fix() {
+    // Over max_packet it cannot be read: the source says so, once, however
+    // often it reconnects into it.
+    let (_dir, _broker, weir) = oversized_ahead_of_readings("max_packet = \"100 KiB\"");
+    assert!(
+        weir.wait_log("MQTT message over max_packet"),
+        "{}",
+        weir.log()
+    );
+    // Bounded: let it reconnect into the message a few more times.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let lines = weir.lines();
+    let log = weir.stop();
+    assert!(ns(&lines).is_empty(), "nothing gets past it: {log}");
+    let connects = log
+        .lines()
+        .find(|l| l.contains("source done"))
+        .and_then(|l| l.split(" connects=").nth(1))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(connects >= 2, "it reconnected into it: {log}");
+    assert_eq!(
+        log.matches("MQTT message over max_packet").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("Raise `max_packet`"), "{log}");
+    assert!(!log.contains("reconnecting once to read it"), "{log}");
 }

@@ -81,15 +81,13 @@ pub async fn run(
     let mut backoff = Duration::from_millis(250);
     let mut retry_at: Option<Instant> = None;
     let mut down_since: Option<Instant> = None;
-    let (mut client, mut events) = match connect(false) {
-        Some((c, e)) => (Some(c), Some(e)),
-        None => {
-            down_since = Some(Instant::now());
-            metrics.outages.fetch_add(1, Relaxed);
-            retry_at = Some(Instant::now() + backoff);
-            (None, None)
-        }
-    };
+    // The client and its event loop, made and dropped together.
+    let mut conn = connect(false);
+    if conn.is_none() {
+        down_since = Some(Instant::now());
+        metrics.outages.fetch_add(1, Relaxed);
+        retry_at = Some(Instant::now() + backoff);
+    }
     let render = Render::new(&cfg, &gateway_id);
     let mut selector = Selector::new(cfg.live_first);
     let mut rate = Rate::new(cfg.rate);
@@ -147,7 +145,7 @@ pub async fn run(
                     }
                     let seqs: Vec<u64> = group.iter().map(|r| r.seq).collect();
                     let bytes = payload.len();
-                    let Some(c) = client.as_ref() else {
+                    let Some((c, _)) = conn.as_ref() else {
                         selector.unread(seqs[0]);
                         break 'fill;
                     };
@@ -179,8 +177,8 @@ pub async fn run(
             wake_at = wake_at.min(t);
         }
         let poll = async {
-            match events.as_mut() {
-                Some(ev) => ev.poll().await,
+            match conn.as_mut() {
+                Some((_, events)) => events.poll().await,
                 None => std::future::pending().await,
             }
         };
@@ -190,13 +188,11 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake_at.into()) => {
                 if retry_at.is_some_and(|t| Instant::now() >= t) {
                     retry_at = None;
-                    if events.is_none() {
-                        match connect(true) {
-                            Some((c, e)) => (client, events) = (Some(c), Some(e)),
-                            None => {
-                                retry_at = Some(Instant::now() + backoff);
-                                backoff = (backoff * 2).min(Duration::from_secs(30));
-                            }
+                    if conn.is_none() {
+                        conn = connect(true);
+                        if conn.is_none() {
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
                         }
                     }
                 }
@@ -261,16 +257,15 @@ pub async fn run(
                     break;
                 }
                 // Reconnect with a new client (see `connect`).
-                if let Some(c) = client.take() {
+                if let Some((c, _)) = conn.take() {
                     let _ = c.try_disconnect();
                 }
-                events = None;
                 retry_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
-    if let Some(c) = client {
+    if let Some((c, _)) = conn {
         let _ = c.try_disconnect();
     }
 }

@@ -248,6 +248,21 @@ pub fn publish(
     assert!(child.wait().unwrap().success());
 }
 
+/// Publish one message of any size and content (mosquitto_pub `-s`).
+pub fn publish_bytes(port: u16, version: &str, qos: u8, topic: &str, payload: &[u8]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+        .args(["-q", &qos.to_string(), "-t", topic, "-s"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub is installed");
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(payload).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+}
+
 /// `mosquitto_sub` with a persistent session at QoS 1, collecting every
 /// JSON payload (arrays, from batched publishes, are flattened).
 pub struct Sub {
@@ -304,12 +319,14 @@ impl Sub {
                 }
             }
         });
+        // Made before the wait, so a failed wait still ends the child.
+        let sub = Sub { child, got };
         let deadline = Instant::now() + patience(10);
         while !subscribed.load(std::sync::atomic::Ordering::SeqCst) {
             assert!(Instant::now() < deadline, "mosquitto_sub got no SUBACK");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Sub { child, got }
+        sub
     }
 
     /// Wait (bounded by `secs`) until `n` payloads arrived; returns them all.

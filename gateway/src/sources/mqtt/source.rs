@@ -416,6 +416,9 @@ mod v4 {
         let normal = cfg.max_payload.0 as usize + 65_536;
         let mut max_in = normal;
         let mut oversize: Option<usize> = None;
+        // A message over max_packet, already logged: said once, not at
+        // every reconnect into it.
+        let mut unreadable: Option<usize> = None;
         loop {
             // A new client for every connection: the TLS files are read
             // again, so a fixed file is picked up without a restart.
@@ -519,7 +522,9 @@ mod v4 {
                     max_in = n + 1024;
                 }
                 Ended::Lost(e) => {
-                    if let Some(n) = oversize.take() {
+                    if let Some(n) = oversize.take()
+                        && unreadable.replace(n) != Some(n)
+                    {
                         tracing::error!(source = %cfg.name, host = %cfg.host, bytes = n, max_packet = cfg.max_packet.0,
                             "MQTT message over max_packet: it cannot be read, and the broker redelivers it at every reconnect. Raise `max_packet`, or remove it at the broker (clear this client's session)");
                     }
