@@ -411,6 +411,11 @@ mod v4 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
+        // Kept across reconnects (rumqttc reconnects on the next poll and
+        // keeps the acknowledgements queued in it). With TLS, a new client
+        // for every connection, so the files are read again and a fixed
+        // file is picked up without a restart.
+        let mut conn = None;
         // The incoming packet limit: max_payload plus headers, raised for
         // one connection to read (and acknowledge) an oversized message.
         let normal = cfg.max_payload.0 as usize + 65_536;
@@ -420,33 +425,34 @@ mod v4 {
         // every reconnect into it.
         let mut unreadable: Option<usize> = None;
         loop {
-            // A new client for every connection: the TLS files are read
-            // again, so a fixed file is picked up without a restart.
-            let transport = match transport(cfg) {
-                Ok(t) => t,
-                Err(e) => {
-                    if rc.failed(&h, e, true, &mut shutdown).await {
-                        break;
+            if conn.is_none() || cfg.tls.is_some() {
+                let transport = match transport(cfg) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if rc.failed(&h, e, true, &mut shutdown).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
+                };
+                let port = cfg
+                    .port
+                    .unwrap_or(if transport.is_some() { 8883 } else { 1883 });
+                let mut opts = MqttOptions::new(id.clone(), cfg.host.clone(), port);
+                opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+                    .set_clean_session(cfg.clean_session)
+                    .set_manual_acks(true)
+                    .set_inflight(cfg.inflight.max(1))
+                    .set_max_packet_size(max_in, 65_536);
+                if let Some(user) = &cfg.username {
+                    opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
                 }
-            };
-            let port = cfg
-                .port
-                .unwrap_or(if transport.is_some() { 8883 } else { 1883 });
-            let mut opts = MqttOptions::new(id.clone(), cfg.host.clone(), port);
-            opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
-                .set_clean_session(cfg.clean_session)
-                .set_manual_acks(true)
-                .set_inflight(cfg.inflight.max(1))
-                .set_max_packet_size(max_in, 65_536);
-            if let Some(user) = &cfg.username {
-                opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+                if let Some(t) = transport {
+                    opts.set_transport(t);
+                }
+                conn = Some(AsyncClient::new(opts, request_capacity(cfg.inflight)));
             }
-            if let Some(t) = transport {
-                opts.set_transport(t);
-            }
-            let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
+            let (client, events) = conn.as_mut().expect("made above");
             // Subscribing never awaits room in rumqttc's request channel: only
             // this task polls the event loop, so waiting there (with the channel
             // full of acks after a reconnect) would deadlock.
@@ -507,7 +513,10 @@ mod v4 {
                     Err(e) => break Ended::Lost(e.to_string()),
                 }
             };
-            let _ = client.try_disconnect();
+            if matches!(ended, Ended::Stop) || cfg.tls.is_some() {
+                let _ = client.try_disconnect();
+                conn = None;
+            }
             match ended {
                 Ended::Stop => break,
                 // MQTT 3.1.1 has no way to tell the broker our limit, and
@@ -520,6 +529,7 @@ mod v4 {
                         max_payload = cfg.max_payload.0, max_packet = cfg.max_packet.0,
                         "MQTT message over max_payload; reconnecting once to read it, count it as too_large and acknowledge it");
                     max_in = n + 1024;
+                    conn = None;
                 }
                 Ended::Lost(e) => {
                     if let Some(n) = oversize.take()
@@ -528,7 +538,10 @@ mod v4 {
                         tracing::error!(source = %cfg.name, host = %cfg.host, bytes = n, max_packet = cfg.max_packet.0,
                             "MQTT message over max_packet: it cannot be read, and the broker redelivers it at every reconnect. Raise `max_packet`, or remove it at the broker (clear this client's session)");
                     }
-                    max_in = normal;
+                    if max_in != normal {
+                        max_in = normal;
+                        conn = None;
+                    }
                     if rc.failed(&h, e, false, &mut shutdown).await {
                         break;
                     }
@@ -559,38 +572,44 @@ mod v5 {
             .collect();
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
+        // Kept across reconnects (rumqttc reconnects on the next poll and
+        // keeps the acknowledgements queued in it). With TLS, a new client
+        // for every connection, so the files are read again and a fixed
+        // file is picked up without a restart.
+        let mut conn = None;
         loop {
-            // A new client for every connection: the TLS files are read
-            // again, so a fixed file is picked up without a restart.
-            let transport = match transport(cfg) {
-                Ok(t) => t,
-                Err(e) => {
-                    if rc.failed(&h, e, true, &mut shutdown).await {
-                        break;
+            if conn.is_none() || cfg.tls.is_some() {
+                let transport = match transport(cfg) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if rc.failed(&h, e, true, &mut shutdown).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
+                };
+                let port = cfg
+                    .port
+                    .unwrap_or(if transport.is_some() { 8883 } else { 1883 });
+                let mut opts = MqttOptions::new(id.clone(), cfg.host.clone(), port);
+                opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+                    .set_clean_start(cfg.clean_session)
+                    .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
+                    .set_manual_acks(true)
+                    .set_receive_maximum(Some(cfg.inflight.max(1)))
+                    // A source never publishes; rumqttc otherwise sizes its
+                    // outgoing table for 65,535 publishes (14 MB).
+                    .set_outgoing_inflight_upper_limit(8)
+                    .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
+                if let Some(user) = &cfg.username {
+                    opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
                 }
-            };
-            let port = cfg
-                .port
-                .unwrap_or(if transport.is_some() { 8883 } else { 1883 });
-            let mut opts = MqttOptions::new(id.clone(), cfg.host.clone(), port);
-            opts.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
-                .set_clean_start(cfg.clean_session)
-                .set_session_expiry_interval((!cfg.clean_session).then_some(cfg.session_expiry))
-                .set_manual_acks(true)
-                .set_receive_maximum(Some(cfg.inflight.max(1)))
-                // A source never publishes; rumqttc otherwise sizes its
-                // outgoing table for 65,535 publishes (14 MB).
-                .set_outgoing_inflight_upper_limit(8)
-                .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
-            if let Some(user) = &cfg.username {
-                opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+                if let Some(t) = transport {
+                    opts.set_transport(t);
+                }
+                conn = Some(AsyncClient::new(opts, request_capacity(cfg.inflight)));
             }
-            if let Some(t) = transport {
-                opts.set_transport(t);
-            }
-            let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
+            let (client, events) = conn.as_mut().expect("made above");
             // See v4: subscribing never waits on the request channel.
             let mut subscribe = false;
             let ended = loop {
@@ -644,7 +663,10 @@ mod v5 {
                     Err(e) => break Ended::Lost(e.to_string()),
                 }
             };
-            let _ = client.try_disconnect();
+            if matches!(ended, Ended::Stop) || cfg.tls.is_some() {
+                let _ = client.try_disconnect();
+                conn = None;
+            }
             match ended {
                 Ended::Stop => break,
                 Ended::Lost(e) => {
