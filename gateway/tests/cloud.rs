@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Mosquitto, Serve, Sub, client_tls_args, free_port, make_certs, mtls_listener};
+use common::{
+    Mosquitto, Serve, SmallDisk, Sub, client_tls_args, free_port, make_certs, mtls_listener,
+};
 
 const W1_STAGES: &str = r#"
 [defaults.limits]
@@ -46,6 +48,11 @@ on_error = "dead-letter"
 /// weir: an MQTT source on `src`, W1, and one MQTT sink described by `sink`
 /// (keys after `type = "mqtt"`); `store` adds `[store]` keys.
 fn config(dir: &Path, src: u16, sink: &str, store: &str) -> PathBuf {
+    config_in(dir, &dir.join("store"), src, sink, store)
+}
+
+/// [`config`] with the store at `store_path`.
+fn config_in(dir: &Path, store_path: &Path, src: u16, sink: &str, store: &str) -> PathBuf {
     let text = format!(
         r#"
 [gateway]
@@ -74,7 +81,7 @@ host = "127.0.0.1"
 {sink}
 "#,
         modules = testkit::modules_dir().display().to_string(),
-        store_path = dir.join("store").display().to_string(),
+        store_path = store_path.display().to_string(),
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, text).unwrap();
@@ -378,6 +385,119 @@ fn wait_buffer(weir: &Serve, f: impl Fn(&str) -> bool) {
         assert!(Instant::now() < deadline, "{}", weir.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The store on a small tmpfs that fills up mid-stream with the cloud
+/// away; then space comes back and the cloud returns, with no restart.
+/// Returns what the cloud got, W1's kept seqs and weir's log; `None`
+/// (said on stderr) where the test cannot mount.
+fn disk_full(policy: &str) -> Option<(Vec<u64>, Vec<u64>, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = match SmallDisk::mount(&d.join("disk"), "16m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED disk_full({policy}): {why}");
+            return None;
+        }
+    };
+    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let cloud_port = free_port();
+    let cloud_dir = mosquitto_dir(d, "cloud");
+    {
+        let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+        drop(Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]));
+        cloud.stop();
+    }
+    // drop-oldest must evict while the disk is full: a small bound.
+    let bound = if policy == "drop-oldest" { "40 KiB" } else { "64 MiB" };
+    let sink = format!(
+        "port = {cloud_port}\nbuffer = {{ max_bytes = \"{bound}\", when_full = \"{policy}\" }}"
+    );
+    let cfg = config_in(d, &disk.dir.join("store"), src.port, &sink, "");
+    let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+    let (lines, kept) = readings(1500, 21);
+    // A first part is stored while there is room.
+    let (before, after) = lines.split_at(500);
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", before, &[]);
+    wait_buffer(&weir, |l| {
+        field_in(l, "enqueued") + field_in(l, "dropped_oldest") >= 300
+    });
+    disk.fill();
+    src.publish("mqttv311", 1, "sensors/w1/telemetry", after, &[]);
+    assert!(weir.wait_log("store sync failed"), "{}", weir.log());
+    // Stuck while the disk stays full.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!weir.log().contains("store sync works again"), "{}", weir.log());
+    let mut weir = weir;
+    let mut first_log = String::new();
+    if policy == "drop-oldest" {
+        // Stopping while the disk is full is bounded (it used to spin
+        // in drop-oldest's eviction forever); `stop` asserts a clean exit.
+        first_log = weir.stop();
+        disk.free();
+        weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
+        assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+    } else {
+        disk.free();
+        assert!(weir.wait_log("store sync works again"), "{}", weir.log());
+    }
+    let cloud = Mosquitto::start(&cloud_dir, cloud_port);
+    let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
+    let last = *kept.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seqs(&sub.got()).contains(&last) {
+        assert!(Instant::now() < deadline, "{}", weir.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = seqs(&sub.got());
+    let log = first_log + &weir.stop();
+    drop(disk);
+    Some((got, kept, log))
+}
+
+/// `name=N` from the `intake done` log line.
+fn intake_field(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("intake done"))
+        .unwrap_or_default();
+    field_in(line, name)
+}
+
+#[test]
+fn disk_full_block_resumes_when_space_returns_and_loses_nothing() {
+    let Some((got, kept, log)) = disk_full("block") else {
+        return;
+    };
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique, kept, "{log}");
+    assert!(intake_field(&log, "store_reopens") >= 1, "{log}");
+    eprintln!(
+        "disk full, block: {} records, {} duplicates, {} sync failures, {} reopens",
+        kept.len(),
+        got.len() - unique.len(),
+        intake_field(&log, "sync_failures"),
+        intake_field(&log, "store_reopens")
+    );
+}
+
+#[test]
+fn disk_full_drop_oldest_stops_cleanly_and_keeps_the_newest() {
+    let Some((got, kept, log)) = disk_full("drop-oldest") else {
+        return;
+    };
+    assert!(field(&log, "dropped_oldest") > 0, "{log}");
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    // What arrives is W1 output, and the newest record arrived.
+    assert!(unique.iter().all(|s| kept.contains(s)), "{log}");
+    assert_eq!(unique.last(), kept.last());
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut queues = Vec::new();
     for s in &sinks {
         let q = store.queue(&s.name, s.buffer, s.is_durable(), &mut report)?;
-        queues.push((s.clone(), Arc::new(q)));
+        queues.push((s.clone(), q));
     }
     if store.is_durable() {
         for (name, entries, bytes) in &report.queues {
@@ -313,6 +313,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
         abandoned = im.abandoned.load(Relaxed),
         syncs = sync_metrics.syncs.load(Relaxed),
         sync_failures = sync_metrics.failures.load(Relaxed),
+        store_reopens = sync_metrics.reopens.load(Relaxed),
         "intake done"
     );
     output::report(&router);

@@ -244,7 +244,7 @@ impl Intake {
             .drain(..)
             .map(|(i, seq, stored)| (&*self.routes[i].queue, seq, stored))
             .collect();
-        self.store.commit(&puts, origin);
+        self.store.commit(puts, origin);
     }
 
     /// Hand the held acknowledgements to the sync thread with the batch.
@@ -268,7 +268,13 @@ pub struct SyncMetrics {
     pub syncs: AtomicU64,
     /// Syncs that failed (retried; their inputs stay unacknowledged).
     pub failures: AtomicU64,
+    /// Times the store was reopened after a failed sync.
+    pub reopens: AtomicU64,
 }
+
+/// The longest wait between sync retries on a failing disk: how long
+/// after space comes back the gateway resumes, at most.
+pub const MAX_SYNC_RETRY: Duration = Duration::from_secs(2);
 
 /// The sync thread: make batches durable, then acknowledge their inputs
 /// and wake the sinks. Runs until every [`Intake`] sender is gone.
@@ -287,6 +293,7 @@ pub fn run_syncer(
         }
         let mut backoff = Duration::from_millis(50);
         let mut failed = false;
+        let mut reopen_error = String::new();
         loop {
             match store.sync(upto) {
                 Ok(()) => {
@@ -298,7 +305,7 @@ pub fn run_syncer(
                 Err(e) => {
                     metrics.failures.fetch_add(1, Relaxed);
                     if !failed {
-                        tracing::error!(error = %e, "store sync failed (disk full or failing?); inputs stay unacknowledged, intake pauses, retrying");
+                        tracing::error!(error = %e, "store sync failed (disk full or failing?); inputs stay unacknowledged, intake pauses, retrying until there is room again");
                     }
                     failed = true;
                     if stopping.load(Relaxed) {
@@ -307,7 +314,21 @@ pub fn run_syncer(
                         break;
                     }
                     std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_SYNC_RETRY);
+                    // sled keeps its first I/O error: reopen it once the
+                    // filesystem has room again, then sync again.
+                    match store.recover() {
+                        Ok(true) => metrics.reopens.fetch_add(1, Relaxed),
+                        Ok(false) => 0,
+                        Err(e) => {
+                            let e = e.to_string();
+                            if e != reopen_error {
+                                tracing::error!(error = %e, "the store cannot be reopened yet; retrying");
+                                reopen_error = e;
+                            }
+                            0
+                        }
+                    };
                 }
             }
         }

@@ -183,7 +183,7 @@ fn topic_templates_take_known_placeholders_only() {
     assert_eq!(out.topic, "mirror/sensors/s1/telemetry");
 }
 
-fn filled(n: u64) -> (Store, Queue) {
+fn filled(n: u64) -> (Store, std::sync::Arc<Queue>) {
     let store = Store::memory();
     let q = store
         .queue(

@@ -20,8 +20,8 @@ pub mod entry;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
@@ -78,20 +78,35 @@ pub struct OpenReport {
     pub lost_seqs: u64,
 }
 
+/// The open sled database. `None` inside [`Store`] while it is being
+/// reopened, or after a reopen failed (operations then fail as on a
+/// failing disk, and the sync thread tries again).
+struct Handles {
+    db: sled::Db,
+    meta: sled::Tree,
+    seen: sled::Tree,
+    sync_file: Option<File>,
+}
+
 /// The sled database and the sequence numbers.
 pub struct Store {
-    db: Option<sled::Db>,
+    sled: RwLock<Option<Handles>>,
+    /// Whether this store has a database (false: every queue in memory).
+    on_disk: bool,
+    cfg: StoreConfig,
     path: PathBuf,
-    sync_file: Option<File>,
     fsync: bool,
     next_seq: AtomicU64,
     durable: AtomicU64,
     healthy: AtomicBool,
-    meta: Option<sled::Tree>,
-    seen: Option<sled::Tree>,
     watermark: Option<File>,
     /// Opened for inspection: queues count damage but move nothing.
     read_only: bool,
+    /// The durable queues, by slot, for [`Store::recover`].
+    queues: Mutex<Vec<Weak<Queue>>>,
+    /// Entries committed since the last successful sync: what sled may
+    /// lose when it has to be reopened after an I/O error.
+    journal: Mutex<Vec<(usize, u64, Vec<u8>)>>,
 }
 
 /// The last synced `next_seq`, 8 bytes big-endian, in a file *beside* the
@@ -132,17 +147,18 @@ impl Store {
     /// A store with no database: every queue lives in memory.
     pub fn memory() -> Store {
         Store {
-            db: None,
+            sled: RwLock::new(None),
+            on_disk: false,
+            cfg: StoreConfig::default(),
             path: PathBuf::new(),
-            sync_file: None,
             fsync: false,
             next_seq: AtomicU64::new(1),
             durable: AtomicU64::new(u64::MAX),
             healthy: AtomicBool::new(true),
-            meta: None,
-            seen: None,
             watermark: None,
             read_only: false,
+            queues: Mutex::new(Vec::new()),
+            journal: Mutex::new(Vec::new()),
         }
     }
 
@@ -173,15 +189,7 @@ impl Store {
         // sled releases its file lock from background threads after the
         // last handle is dropped, so a store closed a moment ago in this
         // process can still be locked: retry briefly before calling it in use.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let mut opened = open_sled(path, cfg);
-        while matches!(&opened, Err(Opened::Io(e)) if e.to_string().contains("could not acquire lock"))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-            opened = open_sled(path, cfg);
-        }
-        let db = match opened {
+        let db = match open_sled_patiently(path, cfg) {
             Ok(db) => db,
             // In use, or not permitted: an error, never "damage".
             Err(Opened::Io(e)) => {
@@ -291,24 +299,30 @@ impl Store {
             None
         };
         let store = Store {
-            db: Some(db),
+            sled: RwLock::new(Some(Handles {
+                db,
+                meta,
+                seen,
+                sync_file,
+            })),
+            on_disk: true,
+            cfg: cfg.clone(),
             path: path.to_path_buf(),
-            sync_file,
             fsync: cfg.fsync,
             next_seq: AtomicU64::new(next),
             durable: AtomicU64::new(next),
             healthy: AtomicBool::new(true),
-            meta: Some(meta),
-            seen: Some(seen),
             watermark,
             read_only: mode == OpenMode::Inspect,
+            queues: Mutex::new(Vec::new()),
+            journal: Mutex::new(Vec::new()),
         };
         Ok((store, report))
     }
 
     /// Whether entries live on disk.
     pub fn is_durable(&self) -> bool {
-        self.db.is_some()
+        self.on_disk
     }
 
     /// Write one input's outputs, after its redelivery marker. The marker
@@ -316,17 +330,24 @@ impl Store {
     /// its log, so if that output survived a crash, all of them did, and
     /// [`Store::redelivery_done`] can tell. Memory queues are written
     /// directly.
-    pub fn commit(&self, puts: &[(&Queue, u64, Vec<u8>)], marker: Option<&Origin>) {
-        if let (Some(o), Some(seen)) = (marker, &self.seen) {
+    pub fn commit(&self, puts: Vec<(&Queue, u64, Vec<u8>)>, marker: Option<&Origin>) {
+        if let Some(o) = marker
+            && let Some(h) = read(&self.sled).as_ref()
+        {
             let mut v = o.digest.to_le_bytes().to_vec();
             v.extend_from_slice(&puts.last().map_or(u64::MAX, |p| p.1).to_le_bytes());
-            if let Err(e) = seen.insert(seen_key(&o.source, o.pkid), v) {
-                tracing::warn!(error = %e, "cannot record an input for redelivery detection");
-            }
+            // Fails only with the disk, which sync reports.
+            let _ = h.seen.insert(seen_key(&o.source, o.pkid), v);
         }
+        let mut journal = None;
         for (q, seq, stored) in puts {
-            q.insert(*seq, stored);
+            q.insert(seq, &stored);
             q.metrics.enqueued.fetch_add(1, Relaxed);
+            if let Some(slot) = q.slot {
+                journal
+                    .get_or_insert_with(|| lock(&self.journal))
+                    .push((slot, seq, stored));
+            }
         }
     }
 
@@ -336,10 +357,11 @@ impl Store {
     /// had none. Otherwise it is processed again: at worst a duplicate
     /// under a new message id, never a loss.
     pub fn redelivery_done(&self, o: &Origin, queues: &[&Queue]) -> bool {
-        let Some(seen) = &self.seen else {
-            return false;
+        let got = match read(&self.sled).as_ref() {
+            Some(h) => h.seen.get(seen_key(&o.source, o.pkid)),
+            None => return false,
         };
-        let Ok(Some(v)) = seen.get(seen_key(&o.source, o.pkid)) else {
+        let Ok(Some(v)) = got else {
             return false;
         };
         if v.len() != 12 || v[..4] != o.digest.to_le_bytes() {
@@ -362,29 +384,42 @@ impl Store {
         cfg: BufferConfig,
         durable: bool,
         report: &mut OpenReport,
-    ) -> Result<Queue, StoreError> {
-        let backing = match (&self.db, durable) {
-            (Some(db), true) => {
-                let sled_err = |source| StoreError::Sled {
+    ) -> Result<Arc<Queue>, StoreError> {
+        let guard = read(&self.sled);
+        let (backing, slot) = match (guard.as_ref(), durable && self.on_disk) {
+            (Some(h), true) => {
+                let trees = Trees::open(&h.db, name).map_err(|source| StoreError::Sled {
                     path: self.path.display().to_string(),
                     source,
-                };
-                let tree = db.open_tree(format!("q/{name}")).map_err(sled_err)?;
-                let damaged = db.open_tree(format!("damaged/{name}")).map_err(sled_err)?;
-                Backing::Sled { tree, damaged }
+                })?;
+                let slot = lock(&self.queues).len();
+                (Backing::Sled(RwLock::new(Some(trees))), Some(slot))
             }
-            _ => Backing::Memory(Mutex::new(BTreeMap::new())),
+            (None, true) => {
+                return Err(StoreError::Io {
+                    path: self.path.display().to_string(),
+                    source: std::io::Error::other("the store is not open (a reopen failed)"),
+                });
+            }
+            _ => (Backing::Memory(Mutex::new(BTreeMap::new())), None),
         };
-        let q = Queue {
+        drop(guard);
+        let q = Arc::new(Queue {
             name: name.to_string(),
             read_only: self.read_only,
             backing,
+            slot,
             cfg,
             bytes: AtomicU64::new(0),
             len: AtomicU64::new(0),
             metrics: QueueMetrics::default(),
             wake: tokio::sync::Notify::new(),
-        };
+            failing: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
+        });
+        if slot.is_some() {
+            lock(&self.queues).push(Arc::downgrade(&q));
+        }
         let (entries, bytes, damaged) = q.scan();
         let expired = q.expire(crate::record::now_ms());
         report.damaged += damaged;
@@ -421,23 +456,29 @@ impl Store {
     /// alone uses `sync_file_range`, which neither persists the file size
     /// nor flushes the drive's cache.
     pub fn sync(&self, upto: u64) -> Result<(), StoreError> {
-        let Some(db) = &self.db else {
+        if !self.on_disk {
             return Ok(());
-        };
+        }
+        let guard = read(&self.sled);
         let r = (|| {
-            if let Some(meta) = &self.meta {
-                meta.insert(NEXT_SEQ, &upto.to_be_bytes())
-                    .map_err(|source| StoreError::Sled {
-                        path: self.path.display().to_string(),
-                        source,
-                    })?;
-            }
-            db.flush().map_err(|source| StoreError::Sled {
+            let Some(h) = guard.as_ref() else {
+                return Err(StoreError::Io {
+                    path: self.path.display().to_string(),
+                    source: std::io::Error::other("the store is not open (a reopen failed)"),
+                });
+            };
+            h.meta
+                .insert(NEXT_SEQ, &upto.to_be_bytes())
+                .map_err(|source| StoreError::Sled {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+            h.db.flush().map_err(|source| StoreError::Sled {
                 path: self.path.display().to_string(),
                 source,
             })?;
             if self.fsync
-                && let Some(f) = &self.sync_file
+                && let Some(f) = &h.sync_file
             {
                 f.sync_data().map_err(|source| StoreError::Io {
                     path: self.path.join("db").display().to_string(),
@@ -454,27 +495,108 @@ impl Store {
             }
             Ok(())
         })();
+        drop(guard);
         self.healthy.store(r.is_ok(), Relaxed);
         if r.is_ok() {
             self.durable.fetch_max(upto, Release);
+            lock(&self.journal).retain(|e| e.1 >= upto);
         }
         r
     }
 
+    /// After a failed sync: sled 0.34 keeps its first I/O error and fails
+    /// every later write, so the only way back is to reopen the database.
+    /// Returns `Ok(false)` without touching anything while the filesystem
+    /// still has less than [`RECOVER_FREE`] plus the journal free. Else
+    /// every handle is dropped, sled reopened (its recovery keeps what
+    /// was flushed), the entries committed since the last good sync are
+    /// written again from the journal, and the queues recounted. A sync
+    /// must follow; until it succeeds, inputs stay unacknowledged.
+    pub fn recover(&self) -> Result<bool, StoreError> {
+        if !self.on_disk || self.read_only {
+            return Ok(true);
+        }
+        let journal_bytes: u64 = lock(&self.journal)
+            .iter()
+            .map(|e| e.2.len() as u64)
+            .sum();
+        if let Some(free) = free_bytes(&self.path)
+            && free < RECOVER_FREE + 2 * journal_bytes
+        {
+            return Ok(false);
+        }
+        let io = |e: String| StoreError::Io {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other(e),
+        };
+        let mut handles = write(&self.sled);
+        let queues: Vec<Arc<Queue>> = lock(&self.queues)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut trees: Vec<_> = queues.iter().map(|q| q.trees_mut()).collect();
+        // Every handle goes, or sled keeps its lock and its error.
+        for t in trees.iter_mut().flatten() {
+            **t = None;
+        }
+        *handles = None;
+        let db = match open_sled_patiently(&self.path, &self.cfg) {
+            Ok(db) => db,
+            Err(Opened::Io(e)) => return Err(io(e.to_string())),
+            Err(Opened::Damaged(why)) => return Err(io(why)),
+        };
+        let sled_err = |source| StoreError::Sled {
+            path: self.path.display().to_string(),
+            source,
+        };
+        for (q, t) in queues.iter().zip(trees.iter_mut()) {
+            if let Some(t) = t {
+                **t = Some(Trees::open(&db, &q.name).map_err(sled_err)?);
+            }
+        }
+        let sync_file = if self.fsync {
+            Some(File::open(self.path.join("db")).map_err(|e| io(e.to_string()))?)
+        } else {
+            None
+        };
+        *handles = Some(Handles {
+            meta: db.open_tree("meta").map_err(sled_err)?,
+            seen: db.open_tree("seen").map_err(sled_err)?,
+            db,
+            sync_file,
+        });
+        drop(trees);
+        drop(handles);
+        let by_slot = |slot| queues.iter().find(|q| q.slot == Some(slot));
+        for (slot, seq, stored) in lock(&self.journal).iter() {
+            if let Some(q) = by_slot(*slot)
+                && !q.contains(*seq)
+            {
+                q.insert(*seq, stored);
+            }
+        }
+        for q in &queues {
+            q.recount();
+        }
+        Ok(true)
+    }
+
     /// sled's own view of the database size on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db
+        read(&self.sled)
             .as_ref()
-            .and_then(|d| d.size_on_disk().ok())
+            .and_then(|h| h.db.size_on_disk().ok())
             .unwrap_or(0)
     }
 
     /// The sink queues present in the database, by name.
     pub fn queue_names(&self) -> Vec<String> {
-        let Some(db) = &self.db else {
+        let guard = read(&self.sled);
+        let Some(h) = guard.as_ref() else {
             return Vec::new();
         };
-        let mut names: Vec<String> = db
+        let mut names: Vec<String> = h
+            .db
             .tree_names()
             .iter()
             .filter_map(|n| {
@@ -489,9 +611,9 @@ impl Store {
     /// Copy what is not queue content from `old` (redelivery markers, the
     /// sequence high-water mark), for `weir store compact`.
     pub fn carry_over(&self, old: &Store) {
-        if let (Some(to), Some(from)) = (&self.seen, &old.seen) {
-            for (k, v) in from.iter().flatten() {
-                let _ = to.insert(k, v);
+        if let (Some(to), Some(from)) = (read(&self.sled).as_ref(), read(&old.sled).as_ref()) {
+            for (k, v) in from.seen.iter().flatten() {
+                let _ = to.seen.insert(k, v);
             }
         }
         self.next_seq.fetch_max(old.next_seq(), Relaxed);
@@ -499,9 +621,9 @@ impl Store {
 
     /// Drop a queue (and its damaged entries) entirely.
     pub fn drop_queue(&self, name: &str) -> Result<(), StoreError> {
-        if let Some(db) = &self.db {
+        if let Some(h) = read(&self.sled).as_ref() {
             for t in [format!("q/{name}"), format!("damaged/{name}")] {
-                db.drop_tree(t).map_err(|source| StoreError::Sled {
+                h.db.drop_tree(t).map_err(|source| StoreError::Sled {
                     path: self.path.display().to_string(),
                     source,
                 })?;
@@ -525,6 +647,37 @@ enum Opened {
     Io(std::io::Error),
     /// Corruption, a sled bug report, or a panic in its recovery.
     Damaged(String),
+}
+
+/// Free space [`Store::recover`] waits for before reopening sled (its
+/// recovery and first segments write).
+pub const RECOVER_FREE: u64 = 1 << 20;
+
+/// Bytes available to an unprivileged writer on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// sled releases its file lock from background threads after the last
+/// handle is dropped, so a store closed a moment ago in this process can
+/// still be locked: retry briefly before calling it in use.
+fn open_sled_patiently(path: &Path, cfg: &StoreConfig) -> Result<sled::Db, Opened> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut opened = open_sled(path, cfg);
+    while matches!(&opened, Err(Opened::Io(e)) if e.to_string().contains("could not acquire lock"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        opened = open_sled(path, cfg);
+    }
+    opened
 }
 
 fn open_sled(path: &Path, cfg: &StoreConfig) -> Result<sled::Db, Opened> {
@@ -574,11 +727,24 @@ pub struct QueueMetrics {
     pub undeliverable: AtomicU64,
 }
 
+/// A durable queue's sled trees: its entries, and damaged ones kept aside.
+struct Trees {
+    tree: sled::Tree,
+    damaged: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db, name: &str) -> sled::Result<Trees> {
+        Ok(Trees {
+            tree: db.open_tree(format!("q/{name}"))?,
+            damaged: db.open_tree(format!("damaged/{name}"))?,
+        })
+    }
+}
+
 enum Backing {
-    Sled {
-        tree: sled::Tree,
-        damaged: sled::Tree,
-    },
+    /// `None` while the store is reopened after an I/O error.
+    Sled(RwLock<Option<Trees>>),
     Memory(Mutex<BTreeMap<u64, Vec<u8>>>),
 }
 
@@ -588,6 +754,8 @@ pub struct Queue {
     /// Inspection only: damage is counted, never moved.
     read_only: bool,
     backing: Backing,
+    /// Its place among the store's durable queues.
+    slot: Option<usize>,
     cfg: BufferConfig,
     bytes: AtomicU64,
     len: AtomicU64,
@@ -595,6 +763,10 @@ pub struct Queue {
     pub metrics: QueueMetrics,
     /// Notified when entries become deliverable.
     pub wake: tokio::sync::Notify,
+    /// Inserts are failing (said once until one succeeds).
+    failing: AtomicBool,
+    /// drop-oldest cannot evict (said once until it can).
+    stuck: AtomicBool,
 }
 
 /// Whether a record went into the queue.
@@ -621,7 +793,7 @@ impl Queue {
 
     /// Whether entries live on disk.
     pub fn is_durable(&self) -> bool {
-        matches!(self.backing, Backing::Sled { .. })
+        matches!(self.backing, Backing::Sled(_))
     }
 
     /// Entries held.
@@ -639,8 +811,18 @@ impl Queue {
         self.bytes.load(Relaxed)
     }
 
+    /// The sled trees, for writing (reopening); `None` for a memory queue.
+    fn trees_mut(&self) -> Option<std::sync::RwLockWriteGuard<'_, Option<Trees>>> {
+        match &self.backing {
+            Backing::Sled(t) => Some(write(t)),
+            Backing::Memory(_) => None,
+        }
+    }
+
     /// Apply the full policy for an entry of `need` bytes about to be
     /// committed: `Stored` means go ahead (after evicting, for drop-oldest).
+    /// drop-oldest that cannot evict (a failing disk) answers `Full`, so
+    /// the intake waits instead of spinning, and says so once.
     pub fn admit(&self, need: u64) -> Pushed {
         let max = self.cfg.max_bytes.0.max(need);
         if self.bytes() + need > max {
@@ -655,7 +837,15 @@ impl Queue {
                         let Some((k, _)) = self.first() else { break };
                         if self.remove(k) {
                             self.metrics.dropped_oldest.fetch_add(1, Relaxed);
+                        } else {
+                            if !self.stuck.swap(true, Relaxed) {
+                                tracing::error!(sink = %self.name, "drop-oldest cannot evict (the store is failing): refusing new input until it can; inputs stay unacknowledged");
+                            }
+                            return Pushed::Full;
                         }
+                    }
+                    if self.stuck.swap(false, Relaxed) {
+                        tracing::info!(sink = %self.name, "drop-oldest evicts again");
                     }
                 }
             }
@@ -687,15 +877,29 @@ impl Queue {
 
     fn insert(&self, seq: u64, stored: &[u8]) {
         let old = match &self.backing {
-            Backing::Sled { tree, .. } => match tree.insert(seq.to_be_bytes(), stored) {
-                Ok(old) => old.map(|o| o.len()),
-                Err(e) => {
-                    // sled inserts into memory; I/O errors surface at sync,
-                    // which keeps the batch unacknowledged.
-                    tracing::error!(sink = %self.name, error = %e, "store insert failed");
-                    return;
+            Backing::Sled(t) => {
+                let r = match read(t).as_ref() {
+                    Some(t) => t.tree.insert(seq.to_be_bytes(), stored),
+                    None => Err(sled::Error::ReportableBug("the store is being reopened".into())),
+                };
+                match r {
+                    Ok(old) => {
+                        if self.failing.swap(false, Relaxed) {
+                            tracing::info!(sink = %self.name, "store inserts work again");
+                        }
+                        old.map(|o| o.len())
+                    }
+                    Err(e) => {
+                        // sled inserts into memory; I/O errors surface at
+                        // sync, which keeps the batch unacknowledged, and
+                        // the store's journal writes it again on recovery.
+                        if !self.failing.swap(true, Relaxed) {
+                            tracing::error!(sink = %self.name, error = %e, "store insert failed; further failures are not logged until one succeeds");
+                        }
+                        return;
+                    }
                 }
-            },
+            }
             Backing::Memory(m) => lock(m).insert(seq, stored.to_vec()).map(|o| o.len()),
         };
         self.account(old, stored.len());
@@ -704,7 +908,9 @@ impl Queue {
     /// Whether entry `seq` is queued.
     pub fn contains(&self, seq: u64) -> bool {
         match &self.backing {
-            Backing::Sled { tree, .. } => tree.contains_key(seq.to_be_bytes()).unwrap_or(false),
+            Backing::Sled(t) => read(t)
+                .as_ref()
+                .is_some_and(|t| t.tree.contains_key(seq.to_be_bytes()).unwrap_or(false)),
             Backing::Memory(m) => lock(m).contains_key(&seq),
         }
     }
@@ -716,23 +922,22 @@ impl Queue {
 
     /// Copy the damaged entries kept aside into `to` (for compaction).
     pub fn copy_damaged_to(&self, to: &Queue) {
-        if let (Backing::Sled { damaged: from, .. }, Backing::Sled { damaged: dst, .. }) =
-            (&self.backing, &to.backing)
+        if let (Backing::Sled(from), Backing::Sled(dst)) = (&self.backing, &to.backing)
+            && let (Some(from), Some(dst)) = (read(from).as_ref(), read(dst).as_ref())
         {
-            for (k, v) in from.iter().flatten() {
-                let _ = dst.insert(k, v);
+            for (k, v) in from.damaged.iter().flatten() {
+                let _ = dst.damaged.insert(k, v);
             }
         }
     }
 
     /// Remove the entry `seq`; false if it was not there (already
-    /// delivered, evicted or expired).
+    /// delivered, evicted or expired) or the store is failing.
     pub fn remove(&self, seq: u64) -> bool {
         let old = match &self.backing {
-            Backing::Sled { tree, .. } => tree
-                .remove(seq.to_be_bytes())
-                .ok()
-                .flatten()
+            Backing::Sled(t) => read(t)
+                .as_ref()
+                .and_then(|t| t.tree.remove(seq.to_be_bytes()).ok().flatten())
                 .map(|o| o.len()),
             Backing::Memory(m) => lock(m).remove(&seq).map(|o| o.len()),
         };
@@ -755,10 +960,9 @@ impl Queue {
 
     fn first(&self) -> Option<(u64, Vec<u8>)> {
         match &self.backing {
-            Backing::Sled { tree, .. } => tree
-                .first()
-                .ok()
-                .flatten()
+            Backing::Sled(t) => read(t)
+                .as_ref()
+                .and_then(|t| t.tree.first().ok().flatten())
                 .map(|(k, v)| (key(&k), v.to_vec())),
             Backing::Memory(m) => lock(m).first_key_value().map(|(k, v)| (*k, v.clone())),
         }
@@ -779,15 +983,17 @@ impl Queue {
         }
         let mut bad = Vec::new();
         match &self.backing {
-            Backing::Sled { tree, .. } => {
-                for kv in tree.range(from.to_be_bytes()..below.to_be_bytes()) {
-                    let Ok((k, v)) = kv else { break };
-                    match entry::decode(key(&k), &v) {
-                        Ok(e) => out.push(e),
-                        Err(why) => bad.push((key(&k), v.to_vec(), why)),
-                    }
-                    if out.len() >= max {
-                        break;
+            Backing::Sled(t) => {
+                if let Some(t) = read(t).as_ref() {
+                    for kv in t.tree.range(from.to_be_bytes()..below.to_be_bytes()) {
+                        let Ok((k, v)) = kv else { break };
+                        match entry::decode(key(&k), &v) {
+                            Ok(e) => out.push(e),
+                            Err(why) => bad.push((key(&k), v.to_vec(), why)),
+                        }
+                        if out.len() >= max {
+                            break;
+                        }
                     }
                 }
             }
@@ -808,8 +1014,10 @@ impl Queue {
     }
 
     fn quarantine(&self, seq: u64, stored: &[u8], why: &EntryError) {
-        if let Backing::Sled { damaged, .. } = &self.backing {
-            let _ = damaged.insert(seq.to_be_bytes(), stored);
+        if let Backing::Sled(t) = &self.backing
+            && let Some(t) = read(t).as_ref()
+        {
+            let _ = t.damaged.insert(seq.to_be_bytes(), stored);
         }
         if self.remove(seq) {
             let n = self.metrics.damaged.fetch_add(1, Relaxed);
@@ -819,10 +1027,29 @@ impl Queue {
         }
     }
 
+    /// Count the entries and bytes held again (after a reopen).
+    fn recount(&self) {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        if let Backing::Sled(t) = &self.backing
+            && let Some(t) = read(t).as_ref()
+        {
+            for (_, v) in t.tree.iter().flatten() {
+                n += 1;
+                bytes += v.len() as u64;
+            }
+        }
+        self.len.store(n, Relaxed);
+        self.bytes.store(bytes, Relaxed);
+    }
+
     /// Count entries and bytes, moving damaged ones aside. Returns
     /// (entries before, bytes, damaged).
     fn scan(&self) -> (u64, u64, u64) {
-        let Backing::Sled { tree, .. } = &self.backing else {
+        let Backing::Sled(t) = &self.backing else {
+            return (0, 0, 0);
+        };
+        let guard = read(t);
+        let Some(Trees { tree, damaged: aside }) = guard.as_ref() else {
             return (0, 0, 0);
         };
         let (mut n, mut bytes) = (0u64, 0u64);
@@ -853,16 +1080,10 @@ impl Queue {
             self.metrics.damaged.fetch_add(damaged, Relaxed);
             return (n, bytes, damaged);
         }
-        if let Backing::Sled {
-            tree,
-            damaged: aside,
-        } = &self.backing
-        {
-            for (k, v, why) in bad {
-                tracing::error!(sink = %self.name, key = ?k, error = %why, "damaged entry moved aside");
-                let _ = aside.insert(&k, v);
-                let _ = tree.remove(&k);
-            }
+        for (k, v, why) in bad {
+            tracing::error!(sink = %self.name, key = ?k, error = %why, "damaged entry moved aside");
+            let _ = aside.insert(&k, v);
+            let _ = tree.remove(&k);
         }
         self.metrics.damaged.fetch_add(damaged, Relaxed);
         (n, bytes, damaged)
@@ -881,6 +1102,8 @@ impl Queue {
             }
             if self.remove(k) {
                 n += 1;
+            } else {
+                break; // a failing store: try again next time
             }
         }
         self.metrics.expired.fetch_add(n, Relaxed);
@@ -890,7 +1113,7 @@ impl Queue {
     /// Entries moved aside as damaged, still kept in the store.
     pub fn damaged_kept(&self) -> u64 {
         match &self.backing {
-            Backing::Sled { damaged, .. } => damaged.len() as u64,
+            Backing::Sled(t) => read(t).as_ref().map_or(0, |t| t.damaged.len() as u64),
             Backing::Memory(_) => 0,
         }
     }
@@ -902,6 +1125,14 @@ fn key(k: &[u8]) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Sleep in small steps until `ready` or `give_up` (used by `block`).

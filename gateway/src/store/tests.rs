@@ -191,9 +191,11 @@ fn damaged_entries_are_moved_aside_at_open_and_on_read() {
             .unwrap();
         push_n(&store, &q, 5);
         // Corrupt entry 3 behind the queue's back.
-        let Backing::Sled { tree, .. } = &q.backing else {
+        let Backing::Sled(t) = &q.backing else {
             unreachable!()
         };
+        let g = read(t);
+        let tree = &g.as_ref().unwrap().tree;
         let mut v = tree.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = v.len() - 1;
         v[last] ^= 0x40;
@@ -379,7 +381,7 @@ fn redelivered_inputs_are_recognised_only_when_their_outputs_survived() {
     let o = origin(7, 0xabcd);
     assert!(!store.redelivery_done(&o, &[&q]));
     let seq = store.take_seq();
-    store.commit(&[(&q, seq, rec(1))], Some(&o));
+    store.commit(vec![(&q, seq, rec(1))], Some(&o));
     assert!(store.redelivery_done(&o, &[&q]), "its output is queued");
     assert!(
         !store.redelivery_done(&origin(7, 0xabce), &[&q]),
@@ -393,7 +395,7 @@ fn redelivered_inputs_are_recognised_only_when_their_outputs_survived() {
     // The marker survived but the output did not (never synced): not done.
     let o2 = origin(9, 1);
     let lost = store.take_seq();
-    store.commit(&[(&q, lost, rec(2))], Some(&o2));
+    store.commit(vec![(&q, lost, rec(2))], Some(&o2));
     q.remove(lost);
     assert!(
         !store.redelivery_done(&o2, &[&q]),
@@ -401,6 +403,143 @@ fn redelivered_inputs_are_recognised_only_when_their_outputs_survived() {
     );
     // An input without outputs (filtered out) is done.
     let o3 = origin(10, 2);
-    store.commit(&[], Some(&o3));
+    store.commit(vec![], Some(&o3));
     assert!(store.redelivery_done(&o3, &[&q]));
+}
+
+/// A tmpfs of `size` mounted on `dir` for the test, unmounted on drop;
+/// `None` (said) where the test cannot mount.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs on {} (needs root)", dir.display());
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = File::create(self.0.join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        while f.write_all(&[0u8; 64]).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_sync_then_recovers_by_reopening_and_keeps_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), "8m") else {
+        return;
+    };
+    let (store, _) = open(dir.path());
+    let q = store
+        .queue(
+            "s",
+            BufferConfig::default(),
+            true,
+            &mut OpenReport::default(),
+        )
+        .unwrap();
+    push_n(&store, &q, 100);
+    store.sync(store.next_seq()).unwrap();
+    fs.fill();
+    // Written while the disk is full: the sync fails and keeps failing.
+    let mut n = 0;
+    let mut puts = Vec::new();
+    while store.sync(store.next_seq()).is_ok() {
+        assert!(n < 10_000, "the disk never filled");
+        let seq = store.take_seq();
+        puts.push(seq);
+        store.commit(vec![(&q, seq, rec(n))], None);
+        n += 1;
+    }
+    assert!(!store.is_healthy());
+    // No room yet: recover does nothing.
+    assert!(!store.recover().unwrap());
+    assert!(store.sync(store.next_seq()).is_err());
+    fs.free();
+    assert!(store.recover().unwrap());
+    store.sync(store.next_seq()).unwrap();
+    assert!(store.is_healthy());
+    // Everything committed is there, in order, from the journal.
+    let got: Vec<u64> = q.read(0, u64::MAX, 100_000).iter().map(|e| e.seq).collect();
+    let want: Vec<u64> = (1..=100).chain(puts.iter().copied()).collect();
+    assert_eq!(got, want);
+    assert_eq!(q.len(), want.len() as u64);
+    // And it goes on working: write, sync, reopen from disk.
+    push_n(&store, &q, 5);
+    store.sync(store.next_seq()).unwrap();
+    let next = store.next_seq();
+    drop((q, store));
+    let (store, _) = open(dir.path());
+    let q = store
+        .queue(
+            "s",
+            BufferConfig::default(),
+            true,
+            &mut OpenReport::default(),
+        )
+        .unwrap();
+    assert_eq!(q.len(), want.len() as u64 + 5);
+    assert_eq!(store.next_seq(), next);
+}
+
+#[test]
+fn drop_oldest_on_a_failing_disk_refuses_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), "8m") else {
+        return;
+    };
+    let (store, _) = open(dir.path());
+    let one = rec(0).len() as u64;
+    let q = store
+        .queue(
+            "s",
+            buf(one * 3, WhenFull::DropOldest),
+            true,
+            &mut OpenReport::default(),
+        )
+        .unwrap();
+    push_n(&store, &q, 3);
+    store.sync(store.next_seq()).unwrap();
+    fs.fill();
+    let mut n = 0;
+    while store.sync(store.next_seq()).is_ok() {
+        assert!(n < 10_000, "the disk never filled");
+        store.commit(vec![(&*q, store.take_seq(), rec(n))], None);
+        n += 1;
+    }
+    // The queue is at its bound and sled refuses every write now.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q2 = q.clone();
+    std::thread::spawn(move || tx.send(q2.admit(one)).unwrap());
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("admit returns (it used to spin forever)");
+    assert_eq!(r, Pushed::Full);
+    fs.free();
+    assert!(store.recover().unwrap());
+    store.sync(store.next_seq()).unwrap();
+    assert_eq!(q.admit(one), Pushed::Stored);
 }
