@@ -335,7 +335,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             blocked = qm.blocked.load(Relaxed),
             expired = qm.expired.load(Relaxed),
             damaged = qm.damaged.load(Relaxed),
-            undeliverable = qm.undeliverable.load(Relaxed),
+            dead_lettered = qm.dead_lettered.load(Relaxed),
             "sink done"
         );
     }

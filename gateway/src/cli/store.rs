@@ -22,6 +22,61 @@ pub enum StoreCommand {
     /// sinks no longer configured and damaged entries kept aside), and give
     /// the space back.
     Compact(CompactArgs),
+    /// Records a sink could not deliver, kept aside per sink.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+/// `weir store dead-letters ...`.
+#[derive(Subcommand)]
+pub enum DeadLetterCommand {
+    /// Per sink: each dead letter's message id, age, attempts and reason.
+    List(DeadArgs),
+    /// One dead letter in full: why, and the record as the sink would send it.
+    Show(DeadOne),
+    /// Remove dead letters for good.
+    Drop(DeadSome),
+    /// Put dead letters back in their sink's queue, under their own
+    /// message ids, to be sent first at the next start.
+    Requeue(DeadSome),
+}
+
+/// Which sink's dead letters.
+#[derive(Args)]
+pub struct DeadArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The sink (default: every sink).
+    #[arg(long)]
+    sink: Option<String>,
+}
+
+/// One dead letter.
+#[derive(Args)]
+pub struct DeadOne {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The sink.
+    #[arg(long)]
+    sink: String,
+    /// Its message id (`gw1-42`) or sequence number (`42`).
+    id: String,
+}
+
+/// Some or all dead letters of one sink.
+#[derive(Args)]
+pub struct DeadSome {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The sink.
+    #[arg(long)]
+    sink: String,
+    /// Message ids (`gw1-42`) or sequence numbers (`42`).
+    #[arg(required_unless_present = "all")]
+    ids: Vec<String>,
+    /// Every dead letter of the sink.
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
 }
 
 /// Which store.
@@ -56,6 +111,7 @@ pub(super) fn run(cmd: StoreCommand) -> Result<(), Failure> {
         StoreCommand::Inspect(a) => inspect(&a, false),
         StoreCommand::Verify(a) => inspect(&a, true),
         StoreCommand::Compact(a) => compact(&a),
+        StoreCommand::DeadLetters(c) => dead_letters(c),
     }
 }
 
@@ -280,6 +336,7 @@ fn compact(a: &CompactArgs) -> Result<(), Failure> {
         if !a.clear_damaged {
             q.copy_damaged_to(&to);
         }
+        q.copy_dead_letters_to(&to);
     }
     fresh.carry_over(&store);
     fresh.sync(store.next_seq().max(fresh.next_seq()))?;
@@ -317,4 +374,194 @@ fn dir_size(p: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// A message id (`gw1-42`) or a sequence number (`42`).
+fn parse_id(id: &str) -> Result<u64, Failure> {
+    id.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            Failure::refused(anyhow::anyhow!(
+                "`{id}` is neither a message id (`gw1-42`) nor a sequence number (`42`)"
+            ))
+        })
+}
+
+/// The sink's queue, or an error naming the sinks the store has.
+fn sink_queue(
+    store: &Store,
+    sinks: &[SinkConfig],
+    name: &str,
+) -> Result<std::sync::Arc<crate::store::Queue>, Failure> {
+    let names = store.queue_names();
+    if !names.iter().any(|n| n == name) {
+        return Err(Failure::refused(anyhow::anyhow!(
+            "the store has no queue for sink `{name}`; it has: {}",
+            names.join(", ")
+        )));
+    }
+    let mut buffer = buffer_of(sinks, name);
+    buffer.max_age = std::time::Duration::ZERO;
+    Ok(store.queue(name, buffer, true, &mut OpenReport::default())?)
+}
+
+fn dead_letters(cmd: DeadLetterCommand) -> Result<(), Failure> {
+    match cmd {
+        DeadLetterCommand::List(a) => {
+            let _copy: Option<InspectCopy>;
+            let (cfg, _, store, _, copy) = open(&a.store, OpenMode::Inspect)?;
+            _copy = copy;
+            let sinks = cfg.sinks();
+            let now = crate::record::now_ms();
+            let names = match &a.sink {
+                Some(s) => vec![s.clone()],
+                None => store.queue_names(),
+            };
+            let mut rows = Vec::new();
+            for name in names {
+                let q = sink_queue(&store, &sinks, &name)?;
+                for d in q.dead_letters(0, usize::MAX) {
+                    rows.push(match d {
+                        Ok(d) => json!({
+                            "sink": name,
+                            "msg_id": format!("{}-{}", cfg.gateway.id, d.seq),
+                            "seq": d.seq,
+                            "age_s": now.saturating_sub(d.at_ms) / 1000,
+                            "attempts": d.attempts,
+                            "reason": d.reason,
+                            "bytes": d.stored.len(),
+                        }),
+                        Err((seq, e)) => json!({
+                            "sink": name,
+                            "msg_id": format!("{}-{seq}", cfg.gateway.id),
+                            "seq": seq,
+                            "damaged": e.to_string(),
+                        }),
+                    });
+                }
+            }
+            if a.store.json {
+                println!("{}", serde_json::Value::Array(rows));
+                return Ok(());
+            }
+            if rows.is_empty() {
+                println!("no dead letters");
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<20} {:>8} {:>8}  reason",
+                "sink", "msg_id", "age_s", "attempts"
+            );
+            for r in &rows {
+                println!(
+                    "{:<16} {:<20} {:>8} {:>8}  {}",
+                    r["sink"].as_str().unwrap_or(""),
+                    r["msg_id"].as_str().unwrap_or(""),
+                    r["age_s"],
+                    r["attempts"],
+                    r["reason"]
+                        .as_str()
+                        .or(r["damaged"].as_str())
+                        .unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        DeadLetterCommand::Show(a) => {
+            let _copy: Option<InspectCopy>;
+            let (cfg, _, store, _, copy) = open(&a.store, OpenMode::Inspect)?;
+            _copy = copy;
+            let sinks = cfg.sinks();
+            let seq = parse_id(&a.id)?;
+            let q = sink_queue(&store, &sinks, &a.sink)?;
+            let d = match q.dead_letters(seq, 1).pop() {
+                Some(Ok(d)) if d.seq == seq => d,
+                Some(Err((s, e))) if s == seq => {
+                    return Err(anyhow::anyhow!("dead letter {seq} is damaged: {e}").into());
+                }
+                _ => {
+                    return Err(Failure::refused(anyhow::anyhow!(
+                        "sink `{}` has no dead letter {seq} (`weir store dead-letters list --sink {}`)",
+                        a.sink,
+                        a.sink
+                    )));
+                }
+            };
+            let record = crate::store::entry::decode(seq, &d.stored)
+                .map_err(|e| anyhow::anyhow!("dead letter {seq}: its record is damaged: {e}"))?;
+            let sink = sinks
+                .iter()
+                .find(|s| s.name == a.sink)
+                .cloned()
+                .unwrap_or_else(SinkConfig::default_stdout);
+            let rendered = crate::sinks::Render::new(&sink, &cfg.gateway.id).render(&record);
+            let out = json!({
+                "sink": a.sink,
+                "msg_id": format!("{}-{seq}", cfg.gateway.id),
+                "seq": seq,
+                "dead_lettered_ms": d.at_ms,
+                "attempts": d.attempts,
+                "reason": d.reason,
+                "pipeline": record.pipeline,
+                "enqueued_ms": record.enqueued_ms,
+                "topic": rendered.topic,
+                "record": rendered.value,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            Ok(())
+        }
+        DeadLetterCommand::Drop(a) => change_dead(&a, false),
+        DeadLetterCommand::Requeue(a) => change_dead(&a, true),
+    }
+}
+
+/// Drop or requeue dead letters (the daemon must be stopped: sled locks
+/// the store).
+fn change_dead(a: &DeadSome, requeue: bool) -> Result<(), Failure> {
+    let (cfg, path, store, _, _) = open(&a.store, OpenMode::Serve)?;
+    let sinks = cfg.sinks();
+    let q = sink_queue(&store, &sinks, &a.sink)?;
+    let seqs: Vec<u64> = if a.all {
+        q.dead_letters(0, usize::MAX)
+            .into_iter()
+            .map(|d| d.map_or_else(|e| e.0, |d| d.seq))
+            .collect()
+    } else {
+        a.ids.iter().map(|i| parse_id(i)).collect::<Result<_, _>>()?
+    };
+    let (mut done, mut missing) = (0, Vec::new());
+    for seq in seqs {
+        let ok = if requeue {
+            q.requeue_dead_letter(seq)
+                .map_err(|e| anyhow::anyhow!("dead letter {seq} is damaged ({e}); it can only be dropped"))?
+        } else {
+            q.drop_dead_letter(seq)
+        };
+        if ok {
+            done += 1;
+        } else {
+            missing.push(seq);
+        }
+    }
+    store.sync(store.next_seq())?;
+    println!(
+        "{} {done} dead letters of sink `{}` in {}{}",
+        if requeue { "requeued" } else { "dropped" },
+        a.sink,
+        path.display(),
+        if requeue {
+            " (sent first, under their own message ids, when weir serve starts)"
+        } else {
+            ""
+        }
+    );
+    if !missing.is_empty() {
+        return Err(Failure::refused(anyhow::anyhow!(
+            "sink `{}` has no dead letter {:?}",
+            a.sink,
+            missing
+        )));
+    }
+    Ok(())
 }

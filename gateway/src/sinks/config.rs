@@ -91,6 +91,8 @@ pub struct PresetFacts {
     pub max_client_id: usize,
     /// Most topic levels (`/`-separated).
     pub max_topic_levels: usize,
+    /// Longest topic, in bytes.
+    pub max_topic_bytes: usize,
     /// Whether a client certificate is required.
     pub needs_client_cert: bool,
 }
@@ -105,6 +107,7 @@ impl Preset {
                 max_inflight: 100,
                 max_client_id: 128,
                 max_topic_levels: 8,
+                max_topic_bytes: 256,
                 needs_client_cert: true,
             },
             Preset::AzureIotHub => PresetFacts {
@@ -113,6 +116,7 @@ impl Preset {
                 max_inflight: 100,
                 max_client_id: 128,
                 max_topic_levels: usize::MAX,
+                max_topic_bytes: 65_535,
                 needs_client_cert: false,
             },
             Preset::Hivemq => PresetFacts {
@@ -121,6 +125,7 @@ impl Preset {
                 max_inflight: u16::MAX,
                 max_client_id: 65_535,
                 max_topic_levels: usize::MAX,
+                max_topic_bytes: 65_535,
                 needs_client_cert: false,
             },
             Preset::Emqx => PresetFacts {
@@ -129,6 +134,7 @@ impl Preset {
                 max_inflight: 32,
                 max_client_id: 65_535,
                 max_topic_levels: 128,
+                max_topic_bytes: 65_535,
                 needs_client_cert: false,
             },
         }
@@ -209,6 +215,9 @@ pub struct SinkConfig {
     pub drain_on_stop: Duration,
     /// TLS: CA, and client certificate and key for mTLS.
     pub tls: Option<TlsFiles>,
+    /// Consecutive times the broker may drop the connection right after
+    /// an entry before it goes to the sink's dead-letter queue (0: never).
+    pub dead_letter_after: u32,
 
     // File.
     /// The file (rotated to `.1`, `.2`, ...).
@@ -287,6 +296,9 @@ sink_table!(
         drain_on_stop: Duration,
         /// TLS files.
         tls: Option<TlsFiles>,
+        /// Failures before an entry is dead-lettered.
+        #[serde(default = "dead_letter_after")]
+        dead_letter_after: u32,
     }
 );
 
@@ -356,6 +368,7 @@ impl From<RawSink> for SinkConfig {
                 keep_alive: t.keep_alive,
                 drain_on_stop: t.drain_on_stop,
                 tls: t.tls.clone(),
+                dead_letter_after: t.dead_letter_after,
                 ..common!(t, SinkType::Mqtt)
             },
             RawSink::File(t) => SinkConfig {
@@ -374,6 +387,9 @@ fn one() -> usize {
 }
 fn keep_alive() -> Duration {
     Duration::from_secs(30)
+}
+fn dead_letter_after() -> u32 {
+    5
 }
 fn grace() -> Duration {
     Duration::from_secs(3)
@@ -437,10 +453,17 @@ impl SinkConfig {
             keep_alive: keep_alive(),
             drain_on_stop: grace(),
             tls: None,
+            dead_letter_after: dead_letter_after(),
             path: None,
             rotate_bytes: rotate(),
             keep: keep(),
         }
+    }
+
+    /// The longest topic the broker takes (the preset's, else MQTT's).
+    pub fn max_topic_bytes(&self) -> usize {
+        self.preset
+            .map_or(super::topic::MAX_TOPIC_BYTES, |p| p.facts().max_topic_bytes)
     }
 
     /// Whether the queue is on disk.

@@ -15,6 +15,7 @@ mod config;
 pub mod intake;
 pub mod lines;
 pub mod mqtt;
+pub mod poison;
 pub mod topic;
 
 use std::sync::atomic::AtomicU64;
@@ -51,6 +52,7 @@ pub struct Render {
     gateway_id: String,
     sink: String,
     topic: String,
+    max_topic: usize,
     format: Format,
     envelope: Envelope,
 }
@@ -64,6 +66,8 @@ pub struct Rendered {
     pub topic: String,
     /// The record as JSON (CBOR is encoded from it).
     pub value: Value,
+    /// Why no broker would take its topic: it can never be delivered.
+    pub refused: Option<String>,
 }
 
 impl Render {
@@ -73,6 +77,7 @@ impl Render {
             gateway_id: gateway_id.to_string(),
             sink: cfg.name.clone(),
             topic: cfg.topic(gateway_id),
+            max_topic: cfg.max_topic_bytes(),
             format: cfg.format,
             envelope: cfg.envelope(),
         }
@@ -117,7 +122,7 @@ impl Render {
                 None,
             ),
         };
-        let topic = topic::fill(&self.topic, |p| match *p {
+        let topic = topic::fill(&self.topic, self.max_topic, |p| match *p {
             Placeholder::Known("gateway_id") => Some(self.gateway_id.clone()),
             Placeholder::Known("sink") => Some(self.sink.clone()),
             Placeholder::Known("pipeline") => Some(e.pipeline.clone()),
@@ -133,6 +138,10 @@ impl Render {
                     other => other.to_string(),
                 }),
         });
+        let (topic, refused) = match topic {
+            Ok(t) => (t, None),
+            Err(why) => (String::new(), Some(why)),
+        };
         if let Some(o) = value.as_object_mut() {
             o.insert("msg_id".into(), msg_id.into());
             o.insert("gateway_id".into(), self.gateway_id.clone().into());
@@ -141,6 +150,7 @@ impl Render {
             seq: e.seq,
             topic,
             value,
+            refused,
         }
     }
 

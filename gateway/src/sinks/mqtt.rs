@@ -19,14 +19,16 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::watch;
 
+use super::poison::{Poison, Verdict};
 use super::{Rate, Render, Rendered, Selector, SinkConfig, SinkMetrics};
 use crate::common::tls;
 use crate::store::{Queue, Store};
 
-/// One publish: its entries and payload size.
+/// One publish: its entries, payload size, and when it went out.
 struct Publish {
     seqs: Vec<u64>,
     bytes: usize,
+    sent_at: Option<Instant>,
 }
 
 /// Publish `queue` to the broker of `cfg` until `stop` (then keep sending
@@ -98,6 +100,13 @@ pub async fn run(
     let mut connected = false;
     let mut stop_by: Option<Instant> = None;
     let mut last_expiry = Instant::now();
+    let mut poison = Poison::new(cfg.dead_letter_after);
+    // The drop that ended the last connection was blamed on an entry:
+    // not an outage worth a warning.
+    let mut blamed = false;
+    let mut warned_suspect: Option<u64> = None;
+    let mut next_summary: Option<Instant> = None;
+    let mut attempts_down = 0u64;
 
     loop {
         let now = Instant::now();
@@ -109,24 +118,32 @@ pub async fn run(
         if connected {
             // Fill the in-flight window: read what the free slots can
             // carry at once, publish group by group, give back the rest.
-            'fill: while requested.len() + sent.len() < window {
+            'fill: while requested.len() + sent.len() < poison.window(window) {
                 if let Some(t) = rate.wait(Instant::now()) {
                     wake_at = wake_at.min(t);
                     break;
                 }
-                let room = window - requested.len() - sent.len();
-                // Under a rate cap, one publish at a time.
+                let room = poison.window(window) - requested.len() - sent.len();
+                // Under a rate cap, or probing for a poison entry, one
+                // publish at a time (probing: one entry).
                 let slots = if cfg.rate.records_per_s.is_some() || cfg.rate.bytes_per_s.is_some() {
                     1
                 } else {
                     room
                 };
-                let entries = selector.take(&queue, store.durable_seq(), slots * cfg.batch);
+                let per = if poison.probing() { 1 } else { cfg.batch };
+                let entries = selector.take(&queue, store.durable_seq(), slots * per);
                 if entries.is_empty() {
                     break;
                 }
-                let rendered: Vec<Rendered> = entries.iter().map(|e| render.render(e)).collect();
-                let groups = batches(&render, rendered, cfg.batch, max_payload);
+                let mut rendered: Vec<Rendered> = Vec::with_capacity(entries.len());
+                for r in entries.iter().map(|e| render.render(e)) {
+                    match &r.refused {
+                        Some(why) => dead_letter(&cfg.name, &queue, &render, r.seq, 0, why),
+                        None => rendered.push(r),
+                    }
+                }
+                let groups = batches(&render, rendered, per, max_payload);
                 let mut used = 0;
                 for group in groups {
                     if used == slots {
@@ -136,11 +153,11 @@ pub async fn run(
                     let payload = render.encode(&group);
                     if payload.len() > max_payload {
                         // Only a single record can be this large: it can never go.
-                        queue.metrics.undeliverable.fetch_add(1, Relaxed);
-                        tracing::error!(sink = %cfg.name, msg_id = %render.msg_id(group[0].seq),
-                            bytes = payload.len(), max_payload,
-                            "record larger than the sink's max_payload; removed, counted as undeliverable");
-                        queue.remove(group[0].seq);
+                        let why = format!(
+                            "the payload is {} bytes, over the sink's max_payload of {max_payload}",
+                            payload.len()
+                        );
+                        dead_letter(&cfg.name, &queue, &render, group[0].seq, 0, &why);
                         continue;
                     }
                     let seqs: Vec<u64> = group.iter().map(|r| r.seq).collect();
@@ -160,7 +177,11 @@ pub async fn run(
                     }
                     used += 1;
                     rate.spend(Instant::now(), seqs.len(), bytes);
-                    requested.push_back(Publish { seqs, bytes });
+                    requested.push_back(Publish {
+                        seqs,
+                        bytes,
+                        sent_at: None,
+                    });
                 }
             }
         }
@@ -176,6 +197,16 @@ pub async fn run(
         if let Some(t) = retry_at {
             wake_at = wake_at.min(t);
         }
+        // A long outage: one line every SUMMARY_EVERY, not one per attempt.
+        if let (Some(since), Some(at)) = (down_since, next_summary) {
+            if Instant::now() >= at {
+                tracing::warn!(sink = %cfg.name, host = %host, port,
+                    down_s = since.elapsed().as_secs(), attempts = attempts_down, queued = queue.len(),
+                    "sink broker still unreachable; records stay in the buffer");
+                next_summary = Some(at + SUMMARY_EVERY);
+            }
+            wake_at = wake_at.min(next_summary.unwrap_or(at));
+        }
         let poll = async {
             match conn.as_mut() {
                 Some((_, events)) => events.poll().await,
@@ -189,6 +220,7 @@ pub async fn run(
                 if retry_at.is_some_and(|t| Instant::now() >= t) {
                     retry_at = None;
                     if conn.is_none() {
+                        attempts_down += 1;
                         conn = connect(true);
                         if conn.is_none() {
                             retry_at = Some(Instant::now() + backoff);
@@ -211,7 +243,10 @@ pub async fn run(
                 backoff = Duration::from_millis(250);
                 metrics.connects.fetch_add(1, Relaxed);
                 selector.rewind(store.next_seq());
+                next_summary = None;
+                attempts_down = 0;
                 match down_since.take() {
+                    Some(_) if blamed => {}
                     Some(t) => tracing::info!(sink = %cfg.name, host = %host, port,
                         down_s = t.elapsed().as_secs_f32(), queued = queue.len(),
                         "sink broker reachable again; draining the buffer"),
@@ -220,10 +255,12 @@ pub async fn run(
                         "sink connected")
                     }
                 }
+                blamed = false;
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if let Some(p) = requested.pop_front() {
+                if let Some(mut p) = requested.pop_front() {
                     metrics.sends.fetch_add(1, Relaxed);
+                    p.sent_at = Some(Instant::now());
                     sent.insert(pkid, p);
                 }
             }
@@ -231,6 +268,7 @@ pub async fn run(
                 if let Some(p) = sent.remove(&ack.pkid) {
                     for s in &p.seqs {
                         queue.delivered(*s);
+                        poison.acked(*s);
                     }
                     metrics.records.fetch_add(p.seqs.len() as u64, Relaxed);
                     metrics.bytes.fetch_add(p.bytes as u64, Relaxed);
@@ -244,14 +282,46 @@ pub async fn run(
                     .map(|p| p.seqs.len())
                     .sum();
                 queue.metrics.resent.fetch_add(resent as u64, Relaxed);
+                // The oldest entry sent on this connection and not acknowledged.
+                let oldest = sent
+                    .values()
+                    .filter_map(|p| Some((p.seqs[0], p.sent_at?.elapsed())))
+                    .min_by_key(|o| o.0);
+                let newest = sent.values().flat_map(|p| p.seqs.last()).max().copied();
+                let verdict = if connected {
+                    poison.dropped(oldest, newest.unwrap_or(0))
+                } else {
+                    Verdict::Unrelated
+                };
                 requested.clear();
                 sent.clear();
                 connected = false;
+                blamed = verdict != Verdict::Unrelated;
+                match verdict {
+                    Verdict::Suspect { seq, attempts } if warned_suspect != Some(seq) => {
+                        warned_suspect = Some(seq);
+                        tracing::warn!(sink = %cfg.name, host = %host, port, msg_id = %render.msg_id(seq),
+                            attempts, dead_letter_after = cfg.dead_letter_after, error = %explain(&e),
+                            "the broker closed the connection right after this record; to the sink's dead-letter queue if it keeps failing");
+                    }
+                    Verdict::DeadLetter { seq, attempts } => {
+                        let why = format!(
+                            "the broker closed the connection right after it, {attempts} times in a row ({})",
+                            explain(&e)
+                        );
+                        dead_letter(&cfg.name, &queue, &render, seq, attempts, &why);
+                        backoff = Duration::from_millis(250);
+                    }
+                    _ => {}
+                }
                 if down_since.is_none() {
                     down_since = Some(Instant::now());
-                    metrics.outages.fetch_add(1, Relaxed);
-                    tracing::warn!(sink = %cfg.name, host = %host, port, error = %explain(&e),
-                        in_flight = resent, "sink broker unreachable; records stay in the buffer, reconnecting with backoff");
+                    if !blamed {
+                        metrics.outages.fetch_add(1, Relaxed);
+                        next_summary = Some(Instant::now() + SUMMARY_EVERY);
+                        tracing::warn!(sink = %cfg.name, host = %host, port, error = %explain(&e),
+                            in_flight = resent, "sink broker unreachable; records stay in the buffer, reconnecting with backoff");
+                    }
                 }
                 if stop_by.is_some() {
                     break;
@@ -267,6 +337,17 @@ pub async fn run(
     }
     if let Some((c, _)) = conn {
         let _ = c.try_disconnect();
+    }
+}
+
+/// How often a long outage is summarised in the log.
+const SUMMARY_EVERY: Duration = Duration::from_secs(300);
+
+/// Move `seq` to the sink's dead-letter queue, saying so once.
+fn dead_letter(sink: &str, queue: &Queue, render: &Render, seq: u64, attempts: u32, why: &str) {
+    if queue.dead_letter(seq, attempts, why) {
+        tracing::error!(sink = %sink, msg_id = %render.msg_id(seq), seq, reason = %why,
+            "record moved to the sink's dead-letter queue; the queue moves on (see `weir store dead-letters list --sink {sink}`)");
     }
 }
 

@@ -76,13 +76,30 @@ fn classify<'a>(template: &str, name: &'a str) -> Result<Placeholder<'a>, String
     ))
 }
 
+/// The longest value a placeholder may put into a topic, in bytes. A
+/// longer one (a broken sensor's 70k-character id) would make a topic no
+/// broker takes, or an unbounded one: the entry is refused instead.
+pub const MAX_VALUE_BYTES: usize = 512;
+
+/// The longest MQTT topic (a UTF-8 string with a 16-bit length).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
 /// Fill `template` for one record. `lookup` answers the placeholders
 /// (`None`: unknown for this record, written `_`). Values never add topic
 /// levels or wildcards: `/`, `+` and `#` become `_`, except in `{topic}`,
 /// whose levels are kept (it is a topic already; `+` and `#` still go).
-pub fn fill(template: &str, lookup: impl Fn(&Placeholder<'_>) -> Option<String>) -> String {
+/// What MQTT forbids or brokers drop the connection for (NUL, control
+/// characters, noncharacters) becomes `_` too. A value over
+/// [`MAX_VALUE_BYTES`], or a topic over `max_topic` bytes, is an error:
+/// no broker would take the topic, so the entry cannot be delivered.
+pub fn fill(
+    template: &str,
+    max_topic: usize,
+    lookup: impl Fn(&Placeholder<'_>) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
+    let forbidden = |c: char| c.is_control() || matches!(c, '\u{fffe}' | '\u{ffff}');
     while let Some(open) = rest.find('{') {
         let Some(len) = rest[open..].find('}') else {
             break;
@@ -90,21 +107,32 @@ pub fn fill(template: &str, lookup: impl Fn(&Placeholder<'_>) -> Option<String>)
         out.push_str(&rest[..open]);
         let name = &rest[open + 1..open + len];
         let p = classify(template, name).unwrap_or(Placeholder::Field(name));
+        let levels = p == Placeholder::Known("topic");
         match lookup(&p) {
-            Some(v) if p == Placeholder::Known("topic") => out.extend(
-                v.chars()
-                    .map(|c| if matches!(c, '+' | '#') { '_' } else { c }),
-            ),
-            Some(v) => out.extend(
-                v.chars()
-                    .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c }),
-            ),
+            Some(v) if v.len() > MAX_VALUE_BYTES && !levels => {
+                return Err(format!(
+                    "`{{{name}}}` is {} bytes, over the {MAX_VALUE_BYTES} a topic value may have",
+                    v.len()
+                ));
+            }
+            Some(v) => out.extend(v.chars().map(|c| match c {
+                '/' if levels => '/',
+                '/' | '+' | '#' => '_',
+                c if forbidden(c) => '_',
+                c => c,
+            })),
             None => out.push('_'),
         }
         rest = &rest[open + len + 1..];
     }
     out.push_str(rest);
-    out
+    if out.len() > max_topic {
+        return Err(format!(
+            "the topic is {} bytes, over the {max_topic} the broker takes",
+            out.len()
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -139,12 +167,27 @@ mod tests {
 
     #[test]
     fn topic_keeps_its_levels_other_values_do_not_add_any() {
-        let t = fill("m/{topic}/{payload.id}", |p| match p {
+        let t = fill("m/{topic}/{payload.id}", MAX_TOPIC_BYTES, |p| match p {
             Placeholder::Known("topic") => Some("sensors/s1/telemetry".into()),
             Placeholder::Field("id") => Some("a/b+#".into()),
             _ => None,
         });
-        assert_eq!(t, "m/sensors/s1/telemetry/a_b__");
-        assert_eq!(fill("x/{payload.nope}", |_| None), "x/_");
+        assert_eq!(t.unwrap(), "m/sensors/s1/telemetry/a_b__");
+        assert_eq!(fill("x/{payload.nope}", MAX_TOPIC_BYTES, |_| None).unwrap(), "x/_");
+    }
+
+    #[test]
+    fn what_mqtt_forbids_is_escaped_and_oversized_values_refused() {
+        let id = |v: &str| {
+            let v = v.to_string();
+            fill("c/{payload.id}", MAX_TOPIC_BYTES, move |_| Some(v.clone()))
+        };
+        assert_eq!(id("a\0b\x01c\x7fd\u{9f}e\u{ffff}").unwrap(), "c/a_b_c_d_e_");
+        assert_eq!(id("température").unwrap(), "c/température");
+        let e = id(&"x".repeat(70_000)).unwrap_err();
+        assert!(e.contains("70000 bytes"), "{e}");
+        assert!(id(&"x".repeat(MAX_VALUE_BYTES)).is_ok());
+        let e = fill("c/{payload.id}/{payload.id}", 600, |_| Some("y".repeat(300))).unwrap_err();
+        assert!(e.contains("over the 600"), "{e}");
     }
 }

@@ -103,6 +103,62 @@ pub fn enqueued_ms(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(5..13)?.try_into().ok()?))
 }
 
+/// An entry a sink could not deliver, kept in its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The entry's sequence number (its message id is unchanged).
+    pub seq: u64,
+    /// When it was moved aside, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Failed attempts before it was moved (0: refused before sending).
+    pub attempts: u32,
+    /// Why it cannot be delivered.
+    pub reason: String,
+    /// The entry as it was queued (verified on decode).
+    pub stored: Vec<u8>,
+}
+
+/// Encode a dead letter's stored bytes:
+/// `crc32 | at_ms:u64 | attempts:u32 | reason_len:u16 | reason | entry`.
+pub fn encode_dead(at_ms: u64, attempts: u32, reason: &str, stored: &[u8]) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
+    let mut v = Vec::with_capacity(18 + reason.len() + stored.len());
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(&at_ms.to_le_bytes());
+    v.extend_from_slice(&attempts.to_le_bytes());
+    v.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+    v.extend_from_slice(reason);
+    v.extend_from_slice(stored);
+    let crc = CRC.checksum(&v[4..]);
+    v[..4].copy_from_slice(&crc.to_le_bytes());
+    v
+}
+
+/// Decode and verify a dead letter.
+pub fn decode_dead(seq: u64, bytes: &[u8]) -> Result<DeadLetter, EntryError> {
+    if bytes.len() < 18 {
+        return Err(EntryError::Truncated(bytes.len()));
+    }
+    let stored = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    let computed = CRC.checksum(&bytes[4..]);
+    if stored != computed {
+        return Err(EntryError::Checksum { stored, computed });
+    }
+    let at_ms = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+    let attempts = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    let rlen = u16::from_le_bytes(bytes[16..18].try_into().expect("2 bytes")) as usize;
+    if bytes.len() < 18 + rlen {
+        return Err(EntryError::Truncated(bytes.len()));
+    }
+    Ok(DeadLetter {
+        seq,
+        at_ms,
+        attempts,
+        reason: String::from_utf8_lossy(&bytes[18..18 + rlen]).into_owned(),
+        stored: bytes[18 + rlen..].to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +182,24 @@ mod tests {
             let mut c = b.clone();
             c[i / 8] ^= 1 << (i % 8);
             assert!(decode(0, &c).is_err(), "flip of bit {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn dead_letters_round_trip_and_flips_are_caught() {
+        let e = encode(Kind::Record, 5, "w1", b"body");
+        let d = encode_dead(77, 5, "broker closed the connection", &e);
+        let got = decode_dead(9, &d).unwrap();
+        assert_eq!((got.seq, got.at_ms, got.attempts), (9, 77, 5));
+        assert_eq!(got.reason, "broker closed the connection");
+        assert_eq!(decode(9, &got.stored).unwrap().body, b"body");
+        for i in 0..d.len() {
+            let mut c = d.clone();
+            c[i] ^= 0x10;
+            assert!(decode_dead(9, &c).is_err(), "flip at {i}");
+        }
+        for n in 0..d.len() {
+            assert!(decode_dead(9, &d[..n]).is_err());
         }
     }
 

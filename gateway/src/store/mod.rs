@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 pub use config::{BufferConfig, StoreConfig, WhenFull, duration, opt_duration};
-pub use entry::{Entry, EntryError, Kind};
+pub use entry::{DeadLetter, Entry, EntryError, Kind};
 
 use crate::sources::Origin;
 
@@ -401,7 +401,10 @@ impl Store {
                     source: std::io::Error::other("the store is not open (a reopen failed)"),
                 });
             }
-            _ => (Backing::Memory(Mutex::new(BTreeMap::new())), None),
+            _ => (
+                Backing::Memory(Mutex::new(BTreeMap::new()), Mutex::new(BTreeMap::new())),
+                None,
+            ),
         };
         drop(guard);
         let q = Arc::new(Queue {
@@ -622,7 +625,11 @@ impl Store {
     /// Drop a queue (and its damaged entries) entirely.
     pub fn drop_queue(&self, name: &str) -> Result<(), StoreError> {
         if let Some(h) = read(&self.sled).as_ref() {
-            for t in [format!("q/{name}"), format!("damaged/{name}")] {
+            for t in [
+                format!("q/{name}"),
+                format!("damaged/{name}"),
+                format!("dead/{name}"),
+            ] {
                 h.db.drop_tree(t).map_err(|source| StoreError::Sled {
                     path: self.path.display().to_string(),
                     source,
@@ -723,14 +730,16 @@ pub struct QueueMetrics {
     pub damaged: AtomicU64,
     /// Entries sent again after a reconnect (same message id).
     pub resent: AtomicU64,
-    /// Entries the sink can never deliver (too large), removed.
-    pub undeliverable: AtomicU64,
+    /// Entries the sink cannot deliver, moved to its dead-letter queue.
+    pub dead_lettered: AtomicU64,
 }
 
-/// A durable queue's sled trees: its entries, and damaged ones kept aside.
+/// A durable queue's sled trees: its entries, damaged ones kept aside,
+/// and its dead letters (entries the sink cannot deliver).
 struct Trees {
     tree: sled::Tree,
     damaged: sled::Tree,
+    dead: sled::Tree,
 }
 
 impl Trees {
@@ -738,6 +747,7 @@ impl Trees {
         Ok(Trees {
             tree: db.open_tree(format!("q/{name}"))?,
             damaged: db.open_tree(format!("damaged/{name}"))?,
+            dead: db.open_tree(format!("dead/{name}"))?,
         })
     }
 }
@@ -745,7 +755,8 @@ impl Trees {
 enum Backing {
     /// `None` while the store is reopened after an I/O error.
     Sled(RwLock<Option<Trees>>),
-    Memory(Mutex<BTreeMap<u64, Vec<u8>>>),
+    /// Entries, and dead letters.
+    Memory(Mutex<BTreeMap<u64, Vec<u8>>>, Mutex<BTreeMap<u64, Vec<u8>>>),
 }
 
 /// One sink's queue.
@@ -815,7 +826,7 @@ impl Queue {
     fn trees_mut(&self) -> Option<std::sync::RwLockWriteGuard<'_, Option<Trees>>> {
         match &self.backing {
             Backing::Sled(t) => Some(write(t)),
-            Backing::Memory(_) => None,
+            Backing::Memory(..) => None,
         }
     }
 
@@ -900,7 +911,7 @@ impl Queue {
                     }
                 }
             }
-            Backing::Memory(m) => lock(m).insert(seq, stored.to_vec()).map(|o| o.len()),
+            Backing::Memory(m, _) => lock(m).insert(seq, stored.to_vec()).map(|o| o.len()),
         };
         self.account(old, stored.len());
     }
@@ -911,7 +922,7 @@ impl Queue {
             Backing::Sled(t) => read(t)
                 .as_ref()
                 .is_some_and(|t| t.tree.contains_key(seq.to_be_bytes()).unwrap_or(false)),
-            Backing::Memory(m) => lock(m).contains_key(&seq),
+            Backing::Memory(m, _) => lock(m).contains_key(&seq),
         }
     }
 
@@ -931,6 +942,103 @@ impl Queue {
         }
     }
 
+    /// Copy the dead letters into `to` (for compaction).
+    pub fn copy_dead_letters_to(&self, to: &Queue) {
+        for d in self.dead_letters(0, usize::MAX).into_iter().flatten() {
+            to.put_dead(d.seq, &entry::encode_dead(d.at_ms, d.attempts, &d.reason, &d.stored));
+        }
+    }
+
+    fn stored(&self, seq: u64) -> Option<Vec<u8>> {
+        match &self.backing {
+            Backing::Sled(t) => read(t)
+                .as_ref()
+                .and_then(|t| t.tree.get(seq.to_be_bytes()).ok().flatten())
+                .map(|v| v.to_vec()),
+            Backing::Memory(m, _) => lock(m).get(&seq).cloned(),
+        }
+    }
+
+    fn put_dead(&self, seq: u64, bytes: &[u8]) -> bool {
+        match &self.backing {
+            Backing::Sled(t) => read(t)
+                .as_ref()
+                .is_some_and(|t| t.dead.insert(seq.to_be_bytes(), bytes).is_ok()),
+            Backing::Memory(_, d) => {
+                lock(d).insert(seq, bytes.to_vec());
+                true
+            }
+        }
+    }
+
+    /// Move entry `seq` to the dead-letter queue with `reason` after
+    /// `attempts` failures: the queue moves on without it. False if it
+    /// was not queued (or the store is failing: it stays queued).
+    pub fn dead_letter(&self, seq: u64, attempts: u32, reason: &str) -> bool {
+        let Some(stored) = self.stored(seq) else {
+            return false;
+        };
+        let dead = entry::encode_dead(crate::record::now_ms(), attempts, reason, &stored);
+        if !self.put_dead(seq, &dead) || !self.remove(seq) {
+            return false;
+        }
+        self.metrics.dead_lettered.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Up to `max` dead letters from `from` on, in order; a damaged one is
+    /// an error in its place.
+    pub fn dead_letters(&self, from: u64, max: usize) -> Vec<Result<DeadLetter, (u64, EntryError)>> {
+        let decode = |k: u64, v: &[u8]| entry::decode_dead(k, v).map_err(|e| (k, e));
+        match &self.backing {
+            Backing::Sled(t) => read(t).as_ref().map_or(Vec::new(), |t| {
+                t.dead
+                    .range(from.to_be_bytes()..)
+                    .flatten()
+                    .take(max)
+                    .map(|(k, v)| decode(key(&k), &v))
+                    .collect()
+            }),
+            Backing::Memory(_, d) => lock(d)
+                .range(from..)
+                .take(max)
+                .map(|(k, v)| decode(*k, v))
+                .collect(),
+        }
+    }
+
+    /// Dead letters kept.
+    pub fn dead_letters_kept(&self) -> u64 {
+        match &self.backing {
+            Backing::Sled(t) => read(t).as_ref().map_or(0, |t| t.dead.len() as u64),
+            Backing::Memory(_, d) => lock(d).len() as u64,
+        }
+    }
+
+    /// Remove dead letter `seq` for good; false if there is none.
+    pub fn drop_dead_letter(&self, seq: u64) -> bool {
+        match &self.backing {
+            Backing::Sled(t) => read(t)
+                .as_ref()
+                .is_some_and(|t| matches!(t.dead.remove(seq.to_be_bytes()), Ok(Some(_)))),
+            Backing::Memory(_, d) => lock(d).remove(&seq).is_some(),
+        }
+    }
+
+    /// Put dead letter `seq` back in the queue under its own sequence
+    /// number (so its message id), ahead of newer entries, without bounds.
+    /// Its entry's checksum is verified first.
+    pub fn requeue_dead_letter(&self, seq: u64) -> Result<bool, EntryError> {
+        let d = match self.dead_letters(seq, 1).pop() {
+            Some(Ok(d)) if d.seq == seq => d,
+            Some(Err((k, e))) if k == seq => return Err(e),
+            _ => return Ok(false),
+        };
+        entry::decode(seq, &d.stored)?;
+        self.insert(seq, &d.stored);
+        Ok(self.drop_dead_letter(seq))
+    }
+
     /// Remove the entry `seq`; false if it was not there (already
     /// delivered, evicted or expired) or the store is failing.
     pub fn remove(&self, seq: u64) -> bool {
@@ -939,7 +1047,7 @@ impl Queue {
                 .as_ref()
                 .and_then(|t| t.tree.remove(seq.to_be_bytes()).ok().flatten())
                 .map(|o| o.len()),
-            Backing::Memory(m) => lock(m).remove(&seq).map(|o| o.len()),
+            Backing::Memory(m, _) => lock(m).remove(&seq).map(|o| o.len()),
         };
         match old {
             Some(n) => {
@@ -964,7 +1072,7 @@ impl Queue {
                 .as_ref()
                 .and_then(|t| t.tree.first().ok().flatten())
                 .map(|(k, v)| (key(&k), v.to_vec())),
-            Backing::Memory(m) => lock(m).first_key_value().map(|(k, v)| (*k, v.clone())),
+            Backing::Memory(m, _) => lock(m).first_key_value().map(|(k, v)| (*k, v.clone())),
         }
     }
 
@@ -997,7 +1105,7 @@ impl Queue {
                     }
                 }
             }
-            Backing::Memory(m) => {
+            Backing::Memory(m, _) => {
                 for (k, v) in lock(m).range(from..below).take(max) {
                     if let Ok(e) = entry::decode(*k, v) {
                         out.push(e);
@@ -1049,7 +1157,12 @@ impl Queue {
             return (0, 0, 0);
         };
         let guard = read(t);
-        let Some(Trees { tree, damaged: aside }) = guard.as_ref() else {
+        let Some(Trees {
+            tree,
+            damaged: aside,
+            ..
+        }) = guard.as_ref()
+        else {
             return (0, 0, 0);
         };
         let (mut n, mut bytes) = (0u64, 0u64);
@@ -1114,7 +1227,7 @@ impl Queue {
     pub fn damaged_kept(&self) -> u64 {
         match &self.backing {
             Backing::Sled(t) => read(t).as_ref().map_or(0, |t| t.damaged.len() as u64),
-            Backing::Memory(_) => 0,
+            Backing::Memory(..) => 0,
         }
     }
 }
