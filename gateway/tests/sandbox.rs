@@ -525,7 +525,11 @@ fn state_survives_traps_and_per_record_instances() {
             s.process(&record(3)).is_ok(),
             "{isolation:?}: the count went on to 3"
         );
-        assert_eq!((s.state().len(), s.state().bytes()), (1, 5));
+        // One key: its 5 bytes plus the per-key overhead.
+        assert_eq!(
+            (s.state().len(), s.state().bytes()),
+            (1, 5 + weir::pipeline::host::STATE_KEY_OVERHEAD)
+        );
     }
 }
 
@@ -549,6 +553,65 @@ fn state_is_bounded() {
         }
     ));
     assert_eq!(s.state().len(), 0);
+}
+
+#[test]
+fn state_counts_what_each_key_really_costs() {
+    // The hostile test's module: many tiny keys. 1 MiB of one-byte keys
+    // used to make 262,144 entries and 26 MB of RSS.
+    let imports = r#"(import "weir" "state_set" (func $set (param i32 i32 i32 i32) (result i32)))"#;
+    let body = format!(
+        r#"(local $i i32)
+        (block $full (loop $more
+            (i32.store (i32.const 0) (local.get $i))
+            (br_if $full (i32.lt_s (call $set (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0)) (i32.const 0)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $more (i32.lt_u (local.get $i) (i32.const 300000)))))
+        {PASS}"#
+    );
+    let limits = Limits {
+        fuel: 100_000_000,
+        ..Limits::default()
+    };
+    let mut s = stage_with(&module(imports, "", &body), &[Grant::State], limits).unwrap();
+    assert!(matches!(
+        failure(&mut s),
+        StageError::HostCall {
+            kind: FailureKind::TooLarge,
+            call: "state_set",
+            ..
+        }
+    ));
+    let per_key = 4 + weir::pipeline::host::STATE_KEY_OVERHEAD;
+    assert_eq!(s.state().len() as u64, (1 << 20) / per_key);
+    assert!(s.state().bytes() <= 1 << 20);
+}
+
+#[test]
+fn guest_logs_are_rate_limited_per_stage_and_drops_counted() {
+    // 16 lines per record (the per-record cap) on every record, and a trap
+    // after them, so each record also gets a fresh instance: the rate is
+    // the stage's, whatever the instances.
+    let imports = r#"(import "weir" "log" (func $log (param i32 i32 i32) (result i32)))"#;
+    let body = r#"(local $i i32)
+        (loop $more
+            (drop (call $log (i32.const 2) (i32.const 0) (i32.const 8)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $more (i32.lt_u (local.get $i) (i32.const 16))))
+        unreachable"#;
+    let mut s = stage_with(&module(imports, "", body), &[Grant::Log], Limits::default()).unwrap();
+    let start = std::time::Instant::now();
+    let records = 200u64;
+    for n in 0..records {
+        let _ = s.process(&record(n as i64));
+    }
+    let seconds = start.elapsed().as_secs() + 1;
+    let written = records * 16 - s.logs_dropped();
+    assert!(
+        written <= seconds * weir::pipeline::host::LOG_LINES_PER_SECOND as u64,
+        "{written} lines in at most {seconds} s"
+    );
+    assert!(s.logs_dropped() > 0);
 }
 
 #[test]

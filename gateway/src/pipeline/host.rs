@@ -27,6 +27,15 @@ use super::{Grant, Limits};
 
 /// Most log lines one record may write; more are dropped and counted.
 pub const LOG_LINES_PER_RECORD: u32 = 16;
+/// Most log lines one stage may write per second, all records together;
+/// more are dropped and counted (`logs_dropped`).
+pub const LOG_LINES_PER_SECOND: u32 = 50;
+/// What one key costs in state besides its bytes: the hash table's slot
+/// (two boxed slices, 32 bytes, at a load factor as low as 7/16 right
+/// after it grows) and two heap allocations' headers. Counted against
+/// `state_bytes`, so the limit bounds what state really costs: 1 MiB of
+/// one-byte keys used to take 26 MB.
+pub const STATE_KEY_OVERHEAD: u64 = 96;
 /// Longest log line kept, in bytes.
 pub const LOG_LINE_MAX: usize = 1024;
 
@@ -48,7 +57,7 @@ pub struct KvState {
 }
 
 impl KvState {
-    /// Bytes used (keys plus values).
+    /// Bytes charged: keys plus values plus [`STATE_KEY_OVERHEAD`] per key.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -78,6 +87,8 @@ pub struct HostState {
     pub(crate) stage: Arc<str>,
     pub(crate) log_lines: u32,
     pub(crate) logs_dropped: u64,
+    /// The current second's start, and lines written in it.
+    pub(crate) log_window: (Instant, u32),
     /// When the record must be done by (checked by host calls).
     pub(crate) deadline: Option<Instant>,
 }
@@ -106,6 +117,7 @@ impl HostState {
             stage,
             log_lines: 0,
             logs_dropped,
+            log_window: (Instant::now(), 0),
             deadline: None,
         }
     }
@@ -345,11 +357,16 @@ fn log_paid(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> 
             format!("unknown log level {lvl}"),
         );
     }
-    if st.log_lines >= LOG_LINES_PER_RECORD {
+    let now = Instant::now();
+    if now.duration_since(st.log_window.0) >= std::time::Duration::from_secs(1) {
+        st.log_window = (now, 0);
+    }
+    if st.log_lines >= LOG_LINES_PER_RECORD || st.log_window.1 >= LOG_LINES_PER_SECOND {
         st.logs_dropped += 1;
         return 0;
     }
     st.log_lines += 1;
+    st.log_window.1 += 1;
     let bytes = &mem[r.start..r.end.min(r.start + LOG_LINE_MAX)];
     let msg = String::from_utf8_lossy(bytes);
     let stage = &*st.stage;
@@ -401,12 +418,9 @@ fn state_set_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, 
     let k = bounds!(st, imports::STATE_SET, mem, kp, kl);
     let v = bounds!(st, imports::STATE_SET, mem, vp, vl);
     let (key, value) = (&mem[k], &mem[v]);
-    let old = st
-        .kv
-        .map
-        .get(key)
-        .map_or(0, |old| (key.len() + old.len()) as u64);
-    let new_total = st.kv.bytes - old + (key.len() + value.len()) as u64;
+    let cost = |k: &[u8], v: &[u8]| (k.len() + v.len()) as u64 + STATE_KEY_OVERHEAD;
+    let old = st.kv.map.get(key).map_or(0, |old| cost(key, old));
+    let new_total = st.kv.bytes - old + cost(key, value);
     if new_total > st.limits.state_bytes {
         let detail = format!(
             "state would grow to {new_total} bytes, limit {}",
@@ -441,7 +455,7 @@ fn state_delete_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> i32
     let klen = k.len();
     match st.kv.map.remove(&mem[k]) {
         Some(v) => {
-            st.kv.bytes -= (klen + v.len()) as u64;
+            st.kv.bytes -= (klen + v.len()) as u64 + STATE_KEY_OVERHEAD;
             0
         }
         None => E_NOT_FOUND,

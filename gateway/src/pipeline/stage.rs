@@ -164,10 +164,13 @@ impl Stage {
     fn instantiate(&mut self) -> Result<Live, LoadError> {
         let kv = std::mem::take(&mut self.store.data_mut().kv);
         let dropped = self.store.data().logs_dropped;
+        let window = self.store.data().log_window;
         self.store = Store::new(
             &self.engine,
             HostState::new(self.label.clone(), self.spec.limits, kv, dropped),
         );
+        // The log rate is per stage, not per instance.
+        self.store.data_mut().log_window = window;
         self.store.limiter(|s| &mut s.limiter);
         self.metrics.instantiations += 1;
         let store = &mut self.store;
