@@ -188,6 +188,9 @@ pub struct SinkConfig {
     pub envelope: Option<Envelope>,
     /// Records per publish (MQTT) or per write; a batch is an array.
     pub batch: usize,
+    /// Most bytes a sink holds at once: read from the queue, rendered,
+    /// and (MQTT) in flight.
+    pub inflight_bytes: ByteSize,
 
     // MQTT.
     /// A cloud preset.
@@ -262,6 +265,9 @@ macro_rules! sink_table {
             /// Records per publish or write.
             #[serde(default = "one")]
             pub batch: usize,
+            /// Most bytes held at once.
+            #[serde(default = "inflight_bytes")]
+            pub inflight_bytes: ByteSize,
             $($(#[$fdoc])* pub $field: $ty,)*
         }
     };
@@ -347,6 +353,7 @@ macro_rules! common {
             format: $t.format,
             envelope: $t.envelope,
             batch: $t.batch,
+            inflight_bytes: $t.inflight_bytes,
             ..SinkConfig::blank()
         }
     };
@@ -384,6 +391,9 @@ impl From<RawSink> for SinkConfig {
 
 fn one() -> usize {
     1
+}
+fn inflight_bytes() -> ByteSize {
+    ByteSize(4 << 20)
 }
 fn keep_alive() -> Duration {
     Duration::from_secs(30)
@@ -441,6 +451,7 @@ impl SinkConfig {
             format: Format::Json,
             envelope: None,
             batch: 1,
+            inflight_bytes: inflight_bytes(),
             preset: None,
             host: None,
             port: None,

@@ -164,7 +164,8 @@ pub async fn run(
             } else {
                 u64::MAX
             };
-            let batch = selector.take(&queue, below, 256.max(cfg.batch));
+            // Bounded in bytes too: 256 large records are not read at once.
+            let batch = selector.take(&queue, below, 256.max(cfg.batch), cfg.inflight_bytes.0);
             if !batch.is_empty() {
                 let rendered: Vec<_> = batch.iter().map(|e| render.render(e)).collect();
                 let mut bytes = 0;

@@ -224,11 +224,12 @@ impl Selector {
         }
     }
 
-    /// Up to `max` deliverable entries (below `durable`), in order within
-    /// the part chosen. Advances past them.
-    pub fn take(&mut self, q: &Queue, durable: u64, max: usize) -> Vec<Entry> {
+    /// Up to `max` deliverable entries (below `durable`) holding about
+    /// `max_bytes` at most (at least one), in order within the part
+    /// chosen. Advances past them.
+    pub fn take(&mut self, q: &Queue, durable: u64, max: usize, max_bytes: u64) -> Vec<Entry> {
         let Some(l) = &mut self.live else {
-            let got = q.read(self.next, durable, max);
+            let got = q.read_within(self.next, durable, max, max_bytes);
             if let Some(e) = got.last() {
                 self.next = e.seq + 1;
             }
@@ -241,9 +242,9 @@ impl Selector {
         }
         for backlog in order {
             let got = if backlog {
-                q.read(self.next, durable.min(l.from), max)
+                q.read_within(self.next, durable.min(l.from), max, max_bytes)
             } else {
-                q.read(l.next.max(l.from), durable, max)
+                q.read_within(l.next.max(l.from), durable, max, max_bytes)
             };
             if let Some(e) = got.last() {
                 if backlog {

@@ -132,7 +132,14 @@ pub async fn run(
                     room
                 };
                 let per = if poison.probing() { 1 } else { cfg.batch };
-                let entries = selector.take(&queue, store.durable_seq(), slots * per);
+                // The window is bounded in bytes too (`inflight_bytes`):
+                // what is read, rendered and handed to the client at once.
+                let held: usize = requested.iter().chain(sent.values()).map(|p| p.bytes).sum();
+                let budget = cfg.inflight_bytes.0.saturating_sub(held as u64);
+                if budget == 0 {
+                    break;
+                }
+                let entries = selector.take(&queue, store.durable_seq(), slots * per, budget);
                 if entries.is_empty() {
                     break;
                 }

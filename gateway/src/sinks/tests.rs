@@ -204,12 +204,12 @@ fn selector_in_order_and_rewind() {
     let (store, q) = filled(5);
     let mut s = Selector::new(None);
     let seqs = |v: Vec<Entry>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(s.take(&q, u64::MAX, 2)), [1, 2]);
-    assert_eq!(seqs(s.take(&q, u64::MAX, 2)), [3, 4]);
+    assert_eq!(seqs(s.take(&q, u64::MAX, 2, u64::MAX)), [1, 2]);
+    assert_eq!(seqs(s.take(&q, u64::MAX, 2, u64::MAX)), [3, 4]);
     q.delivered(1);
     s.rewind(store.next_seq());
-    assert_eq!(seqs(s.take(&q, u64::MAX, 10)), [2, 3, 4, 5]);
-    assert!(s.take(&q, u64::MAX, 10).is_empty());
+    assert_eq!(seqs(s.take(&q, u64::MAX, 10, u64::MAX)), [2, 3, 4, 5]);
+    assert!(s.take(&q, u64::MAX, 10, u64::MAX).is_empty());
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn selector_live_first_sends_fresh_records_first_with_a_backlog_share() {
     }
     let mut order = Vec::new();
     for _ in 0..40 {
-        order.extend(s.take(&q, u64::MAX, 1).iter().map(|e| e.seq));
+        order.extend(s.take(&q, u64::MAX, 1, u64::MAX).iter().map(|e| e.seq));
     }
     let backlog = order.iter().filter(|&&x| x <= 100).count();
     assert_eq!(backlog, 10, "a quarter of the sends: {order:?}");
@@ -233,7 +233,7 @@ fn selector_live_first_sends_fresh_records_first_with_a_backlog_share() {
     assert!(live.windows(2).all(|w| w[0] < w[1]));
     // With no live records left the backlog takes every send.
     let rest: Vec<u64> = (0..200)
-        .flat_map(|_| s.take(&q, u64::MAX, 1))
+        .flat_map(|_| s.take(&q, u64::MAX, 1, u64::MAX))
         .map(|e| e.seq)
         .collect();
     assert_eq!(rest.len(), 160);

@@ -1085,7 +1085,15 @@ impl Queue {
     /// Up to `max` entries with `from <= seq < below`, in order, verified.
     /// Damaged ones are moved aside and counted, never returned.
     pub fn read(&self, from: u64, below: u64, max: usize) -> Vec<Entry> {
+        self.read_within(from, below, max, u64::MAX)
+    }
+
+    /// [`Queue::read`], stopping once the entries read hold `max_bytes`
+    /// (at least one entry is read): what a sink holds at once is bounded
+    /// in bytes, whatever the records' size.
+    pub fn read_within(&self, from: u64, below: u64, max: usize, max_bytes: u64) -> Vec<Entry> {
         let mut out = Vec::new();
+        let mut bytes = 0u64;
         if from >= below {
             return out;
         }
@@ -1096,10 +1104,13 @@ impl Queue {
                     for kv in t.tree.range(from.to_be_bytes()..below.to_be_bytes()) {
                         let Ok((k, v)) = kv else { break };
                         match entry::decode(key(&k), &v) {
-                            Ok(e) => out.push(e),
+                            Ok(e) => {
+                                bytes += v.len() as u64;
+                                out.push(e);
+                            }
                             Err(why) => bad.push((key(&k), v.to_vec(), why)),
                         }
-                        if out.len() >= max {
+                        if out.len() >= max || bytes >= max_bytes {
                             break;
                         }
                     }
@@ -1108,7 +1119,11 @@ impl Queue {
             Backing::Memory(m, _) => {
                 for (k, v) in lock(m).range(from..below).take(max) {
                     if let Ok(e) = entry::decode(*k, v) {
+                        bytes += v.len() as u64;
                         out.push(e);
+                    }
+                    if bytes >= max_bytes {
+                        break;
                     }
                 }
             }

@@ -91,6 +91,22 @@ impl Serve {
         false
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `kB` line of /proc/<pid>/status (`VmHWM`: peak RSS), in bytes.
+    pub fn status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{field} in {status}"))
+            * 1024
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
