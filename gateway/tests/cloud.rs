@@ -10,8 +10,9 @@
 //! - Crash: SIGKILL at random moments during a 50,000-record QoS 1 stream;
 //!   nothing acknowledged is lost, duplicates share their message id.
 //! - Full buffer: block, drop-oldest and drop-newest each do what they say.
-//! - Damaged store: flipped bytes in sled's files; weir starts, reports the
-//!   damage, and serves the rest.
+//! - Damaged store: 64 flipped bytes in sled's log (sled's recovery panics:
+//!   the intact entries are salvaged by their own checksums), and a log cut
+//!   in half; weir starts, reports the damage, and serves the rest.
 //! - Starting with no connectivity at all.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -500,14 +501,15 @@ fn disk_full_drop_oldest_stops_cleanly_and_keeps_the_newest() {
     assert_eq!(unique.last(), kept.last());
 }
 
-#[test]
-fn damaged_store_starts_reports_and_serves_the_rest() {
+/// Buffer 2,000 W1 records with the cloud away, stop, damage sled's files
+/// with `damage`, start again with the cloud back. Returns the W1 seqs
+/// kept, what the cloud got, and the second run's log.
+fn damaged_store(damage: impl Fn(&Path)) -> (Vec<u64>, Vec<u64>, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
     let cloud_port = free_port();
     let cfg = config(d, src.port, &format!("port = {cloud_port}"), "");
-    // Buffer 2,000 records with the cloud away, then stop.
     let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
     assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
     let (lines, kept) = readings(2000, 9);
@@ -520,14 +522,7 @@ fn damaged_store_starts_reports_and_serves_the_rest() {
     let log = weir.stop();
     assert!(log.contains(&format!("queued={}", kept.len())), "{log}");
 
-    // Flip bytes in the middle of sled's log.
-    let db = d.join("store").join("db");
-    let mut bytes = std::fs::read(&db).unwrap();
-    let at = bytes.len() / 2;
-    for b in &mut bytes[at..at + 16] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&db, &bytes).unwrap();
+    damage(&d.join("store").join("db"));
 
     let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
@@ -549,15 +544,38 @@ fn damaged_store_starts_reports_and_serves_the_rest() {
             .parse::<usize>()
             .unwrap()
     };
-    assert!(served_from_store < kept.len(), "damage lost something");
     let got = sub.wait(served_from_store, 60);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = seqs(&sub.got()).into_iter().chain(seqs(&got)).collect::<Vec<_>>();
     let log = weir.stop();
-    let got = seqs(&got);
-    assert_eq!(got.len(), served_from_store, "{log}");
-    // What is served is intact W1 output, in order.
-    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
-    assert!(got.iter().all(|s| kept.contains(s)));
     drop(cloud);
+    (kept, got, log)
+}
+
+#[test]
+fn sixty_four_flipped_bytes_lose_only_the_entries_they_touch() {
+    // The hostile test's damage: sled's recovery panics on it, and all
+    // 2,000 buffered records used to be gone.
+    let (kept, got, log) = damaged_store(|db| {
+        let mut bytes = std::fs::read(db).unwrap();
+        let at = bytes.len() / 2;
+        for b in &mut bytes[at..at + 64] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(db, &bytes).unwrap();
+    });
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    eprintln!(
+        "64 flipped bytes: {} of {} records delivered after the damage",
+        unique.len(),
+        kept.len()
+    );
+    assert!(unique.iter().all(|s| kept.contains(s)), "{log}");
+    // 64 bytes touch at most two W1 entries (about 200 bytes each).
+    assert!(unique.len() + 2 >= kept.len(), "{} of {}\n{log}", unique.len(), kept.len());
+    assert!(log.contains("salvaged") || log.contains("lost_seqs=0"), "{log}");
 }
 
 /// SIGKILL at random moments during a QoS 1 stream of 50,000 records.
@@ -856,4 +874,26 @@ batch = 5
     }
     archived.sort();
     assert_eq!(archived, kept);
+}
+
+#[test]
+fn a_half_truncated_store_serves_what_is_left() {
+    let (kept, got, log) = damaged_store(|db| {
+        let len = std::fs::metadata(db).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+        f.set_len(len / 2).unwrap();
+    });
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    eprintln!(
+        "half-truncated store: {} of {} records delivered after the damage",
+        unique.len(),
+        kept.len()
+    );
+    assert!(unique.iter().all(|s| kept.contains(s)), "{log}");
+    // sled opens a truncated log without complaint, cutting it at the
+    // tear: what was in the lost half is gone (measured: 1,205 of 1,967
+    // served). The floor guards against serving nothing.
+    assert!(unique.len() * 100 >= kept.len() * 40, "{log}");
 }

@@ -72,6 +72,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             tracing::error!(
                 damaged_entries = report.damaged,
                 lost_seqs = report.lost_seqs,
+                salvaged = report.salvaged,
                 moved_aside = ?report.moved_aside.as_ref().map(|m| m.0.display().to_string()),
                 "the store was damaged; serving what is intact (see `weir store verify`)"
             );

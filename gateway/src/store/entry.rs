@@ -1,15 +1,35 @@
-//! One buffered entry, as stored: a checksum, then what the sink needs.
+//! One buffered entry, as stored: self-delimiting and self-identifying, so
+//! intact entries can be found in a store sled cannot open (salvage).
 //!
 //! ```text
-//! crc32:u32 LE | kind:u8 | enqueued_ms:u64 LE | pipeline_len:u8 | pipeline | body
+//! magic:4 "\xf7We\x02" | crc32:u32 LE | len:u32 LE | seq:u64 LE | queue:u32 LE
+//!   | kind:u8 | enqueued_ms:u64 LE | pipeline_len:u8 | pipeline | body
 //! ```
 //! The CRC-32 (ISO-HDLC, as in the wire protocol) covers everything after
-//! itself. `body` is the ABI v1 CBOR record, or a dead letter as JSON.
+//! itself; `len` is the whole entry's; `queue` is [`queue_id`] of the sink's
+//! name. `seq` and `queue` are stamped when the entry goes into a queue
+//! ([`stamp`]). `body` is the ABI v1 CBOR record, or a dead letter as JSON.
+//!
+//! Entries written by earlier versions (v1: `crc32 | kind | enqueued_ms |
+//! pipeline_len | pipeline | body`, no magic) are still read.
 
 use crc::{CRC_32_ISO_HDLC, Crc};
 
 const CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
+/// v1's fixed head.
 const HEAD: usize = 4 + 1 + 8 + 1;
+/// The magic that starts every v2 entry.
+pub const MAGIC: [u8; 4] = [0xf7, b'W', b'e', 0x02];
+/// v2's fixed head, up to the pipeline name.
+pub const HEAD2: usize = 4 + 4 + 4 + 8 + 4 + 1 + 8 + 1;
+/// What replaces the magic of an entry kept inside a dead letter, so a
+/// salvage scan does not put it back in its queue.
+const DEAD_MAGIC: [u8; 4] = [0xf7, b'W', b'd', 0x02];
+
+/// The id of a queue in its entries: CRC-32 of the sink's name.
+pub fn queue_id(name: &str) -> u32 {
+    CRC.checksum(name.as_bytes())
+}
 
 /// What an entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,25 +72,73 @@ pub enum EntryError {
     /// An unknown kind byte (checksum was right: written by a newer weir).
     #[error("unknown entry kind {0}")]
     Kind(u8),
+    /// Intact, but under another key than its own sequence number.
+    #[error("entry {own} found under key {key}")]
+    Misplaced {
+        /// The key it was found under.
+        key: u64,
+        /// Its own sequence number.
+        own: u64,
+    },
 }
 
-/// Encode an entry's stored bytes.
+/// Encode an entry's stored bytes (not yet in a queue: seq and queue 0).
 pub fn encode(kind: Kind, enqueued_ms: u64, pipeline: &str, body: &[u8]) -> Vec<u8> {
     let name = &pipeline.as_bytes()[..pipeline.len().min(255)];
-    let mut v = Vec::with_capacity(HEAD + name.len() + body.len());
+    let mut v = Vec::with_capacity(HEAD2 + name.len() + body.len());
+    v.extend_from_slice(&MAGIC);
     v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(&0u64.to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
     v.push(kind as u8);
     v.extend_from_slice(&enqueued_ms.to_le_bytes());
     v.push(name.len() as u8);
     v.extend_from_slice(name);
     v.extend_from_slice(body);
-    let crc = CRC.checksum(&v[4..]);
-    v[..4].copy_from_slice(&crc.to_le_bytes());
+    let len = v.len() as u32;
+    v[8..12].copy_from_slice(&len.to_le_bytes());
+    let crc = CRC.checksum(&v[8..]);
+    v[4..8].copy_from_slice(&crc.to_le_bytes());
     v
+}
+
+/// Write the entry's place (sequence number and queue) into v2 stored
+/// bytes, and its checksum again. v1 bytes are left as they are.
+pub fn stamp(v: &mut [u8], seq: u64, queue: u32) {
+    if v.len() < HEAD2 || v[..4] != MAGIC {
+        return;
+    }
+    v[12..20].copy_from_slice(&seq.to_le_bytes());
+    v[20..24].copy_from_slice(&queue.to_le_bytes());
+    let crc = CRC.checksum(&v[8..]);
+    v[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// An intact v2 entry starting at `bytes[0]`: its length, sequence number
+/// and queue id. For salvage: `bytes` may run on past the entry.
+pub fn frame(bytes: &[u8]) -> Option<(usize, u64, u32)> {
+    if bytes.len() < HEAD2 || bytes[..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize;
+    if len < HEAD2 || len > bytes.len() {
+        return None;
+    }
+    let stored = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    if CRC.checksum(&bytes[8..len]) != stored {
+        return None;
+    }
+    let seq = u64::from_le_bytes(bytes[12..20].try_into().ok()?);
+    let queue = u32::from_le_bytes(bytes[20..24].try_into().ok()?);
+    Some((len, seq, queue))
 }
 
 /// Decode and verify stored bytes.
 pub fn decode(seq: u64, bytes: &[u8]) -> Result<Entry, EntryError> {
+    if bytes.len() >= 4 && bytes[..4] == MAGIC {
+        return decode2(seq, bytes);
+    }
     if bytes.len() < HEAD {
         return Err(EntryError::Truncated(bytes.len()));
     }
@@ -98,9 +166,46 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Entry, EntryError> {
     })
 }
 
+fn decode2(seq: u64, bytes: &[u8]) -> Result<Entry, EntryError> {
+    if bytes.len() < HEAD2 {
+        return Err(EntryError::Truncated(bytes.len()));
+    }
+    let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    if len != bytes.len() {
+        return Err(EntryError::Truncated(bytes.len()));
+    }
+    let stored = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let computed = CRC.checksum(&bytes[8..]);
+    if stored != computed {
+        return Err(EntryError::Checksum { stored, computed });
+    }
+    let own = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    if own != 0 && own != seq {
+        return Err(EntryError::Misplaced { key: seq, own });
+    }
+    let kind = match bytes[24] {
+        1 => Kind::Record,
+        2 => Kind::DeadLetter,
+        k => return Err(EntryError::Kind(k)),
+    };
+    let enqueued_ms = u64::from_le_bytes(bytes[25..33].try_into().expect("8 bytes"));
+    let plen = bytes[33] as usize;
+    if bytes.len() < HEAD2 + plen {
+        return Err(EntryError::Truncated(bytes.len()));
+    }
+    Ok(Entry {
+        seq,
+        kind,
+        enqueued_ms,
+        pipeline: String::from_utf8_lossy(&bytes[HEAD2..HEAD2 + plen]).into_owned(),
+        body: bytes[HEAD2 + plen..].to_vec(),
+    })
+}
+
 /// The enqueue time of stored bytes, without verifying them.
 pub fn enqueued_ms(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(5..13)?.try_into().ok()?))
+    let at = if bytes.get(..4) == Some(&MAGIC[..]) { 25..33 } else { 5..13 };
+    Some(u64::from_le_bytes(bytes.get(at)?.try_into().ok()?))
 }
 
 /// An entry a sink could not deliver, kept in its dead-letter queue.
@@ -128,7 +233,11 @@ pub fn encode_dead(at_ms: u64, attempts: u32, reason: &str, stored: &[u8]) -> Ve
     v.extend_from_slice(&attempts.to_le_bytes());
     v.extend_from_slice(&(reason.len() as u16).to_le_bytes());
     v.extend_from_slice(reason);
+    let at = v.len();
     v.extend_from_slice(stored);
+    if stored.get(..4) == Some(&MAGIC[..]) {
+        v[at..at + 4].copy_from_slice(&DEAD_MAGIC);
+    }
     let crc = CRC.checksum(&v[4..]);
     v[..4].copy_from_slice(&crc.to_le_bytes());
     v
@@ -155,7 +264,13 @@ pub fn decode_dead(seq: u64, bytes: &[u8]) -> Result<DeadLetter, EntryError> {
         at_ms,
         attempts,
         reason: String::from_utf8_lossy(&bytes[18..18 + rlen]).into_owned(),
-        stored: bytes[18 + rlen..].to_vec(),
+        stored: {
+            let mut s = bytes[18 + rlen..].to_vec();
+            if s.get(..4) == Some(&DEAD_MAGIC[..]) {
+                s[..4].copy_from_slice(&MAGIC);
+            }
+            s
+        },
     })
 }
 
@@ -201,6 +316,45 @@ mod tests {
         for n in 0..d.len() {
             assert!(decode_dead(9, &d[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn stamped_entries_frame_themselves_and_check_their_place() {
+        let mut b = encode(Kind::Record, 5, "w1", b"body");
+        stamp(&mut b, 42, queue_id("cloud"));
+        assert_eq!(decode(42, &b).unwrap().body, b"body");
+        assert_eq!(enqueued_ms(&b), Some(5));
+        assert!(matches!(decode(41, &b), Err(EntryError::Misplaced { .. })));
+        // Found in the middle of other bytes, by its own framing.
+        let mut raw = vec![0xaa; 100];
+        raw.extend_from_slice(&b);
+        raw.extend_from_slice(&[0x55; 50]);
+        let at = raw.windows(4).position(|w| w == MAGIC).unwrap();
+        assert_eq!(frame(&raw[at..]), Some((b.len(), 42, queue_id("cloud"))));
+        // A flipped byte anywhere: not an entry.
+        for i in 0..b.len() {
+            let mut c = raw.clone();
+            c[at + i] ^= 0x01;
+            assert_eq!(frame(&c[at..]), None, "flip at {i}");
+        }
+        // Inside a dead letter it is not found as a queue entry.
+        let d = encode_dead(1, 1, "why", &b);
+        assert!(d.windows(4).all(|w| w != MAGIC));
+        assert_eq!(decode_dead(42, &d).unwrap().stored, b);
+    }
+
+    #[test]
+    fn version_1_entries_are_still_read() {
+        let mut v = vec![0; 4];
+        v.push(1);
+        v.extend_from_slice(&77u64.to_le_bytes());
+        v.push(2);
+        v.extend_from_slice(b"w1body");
+        let crc = CRC.checksum(&v[4..]);
+        v[..4].copy_from_slice(&crc.to_le_bytes());
+        let e = decode(3, &v).unwrap();
+        assert_eq!((e.enqueued_ms, e.pipeline.as_str(), &e.body[..]), (77, "w1", &b"body"[..]));
+        assert_eq!(enqueued_ms(&v), Some(77));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 mod config;
 pub mod entry;
+mod salvage;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -43,13 +44,15 @@ pub enum StoreError {
     },
     /// sled cannot open the store (opened for inspection, so left as is).
     #[error(
-        "store {path} is damaged: sled cannot open it ({why}); `weir serve` moves it aside and starts a fresh one, keeping message ids"
+        "store {path} is damaged: sled cannot open it ({why}); {salvageable} intact entries can be salvaged: `weir serve` moves the store aside, starts a fresh one with them, and keeps message ids"
     )]
     Damaged {
         /// The database directory.
         path: String,
         /// sled's complaint.
         why: String,
+        /// Intact entries found in its files.
+        salvageable: u64,
     },
     /// A file operation failed.
     #[error("store {path}: {source}")]
@@ -76,6 +79,9 @@ pub struct OpenReport {
     /// no longer knows: its recovery cut the log at damage. An upper bound
     /// of entries lost (some may have been delivered already).
     pub lost_seqs: u64,
+    /// Intact entries recovered from a store moved aside, by their own
+    /// framing ([`salvage`]).
+    pub salvaged: u64,
 }
 
 /// The open sled database. `None` inside [`Store`] while it is being
@@ -142,6 +148,8 @@ pub enum OpenMode {
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
+/// The tree of salvaged entries waiting for their queue to be opened.
+const SALVAGED: &str = "salvaged";
 
 impl Store {
     /// A store with no database: every queue lives in memory.
@@ -206,6 +214,7 @@ impl Store {
                 return Err(StoreError::Damaged {
                     path: path.display().to_string(),
                     why,
+                    salvageable: salvage::scan(path, |_, _, _| {}).unwrap_or(0),
                 });
             }
             Err(Opened::Damaged(why)) => {
@@ -221,12 +230,38 @@ impl Store {
                     error = %why,
                     "the store could not be opened; it was moved aside and a fresh one started"
                 );
-                report.moved_aside = Some((aside, why));
-                open_sled(path, cfg).map_err(|e| {
+                let db = open_sled(path, cfg).map_err(|e| {
                     io(std::io::Error::other(format!(
                         "a fresh store cannot be opened either: {e:?}"
                     )))
-                })?
+                })?;
+                // What is intact in the old files goes into the fresh
+                // store; each queue takes its own when it is opened.
+                let salvaged = db.open_tree(SALVAGED).map_err(|source| StoreError::Sled {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let mut failed = None;
+                report.salvaged = salvage::scan(&aside, |queue, seq, bytes| {
+                    if let Err(e) = salvaged.insert(salvage::key(queue, seq), bytes) {
+                        failed.get_or_insert(e);
+                    }
+                })
+                .map_err(io)?;
+                if let Some(source) = failed {
+                    return Err(StoreError::Sled {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+                db.flush().map_err(|source| StoreError::Sled {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                tracing::warn!(store = %path.display(), from = %aside.display(), entries = report.salvaged,
+                    "intact entries salvaged from the damaged store by their own checksums");
+                report.moved_aside = Some((aside, why));
+                db
             }
         };
         let sled_err = |source| StoreError::Sled {
@@ -240,6 +275,12 @@ impl Store {
             .map_err(sled_err)?
             .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
             .unwrap_or(1);
+        // Salvaged entries count as issued, watermark or not.
+        if let Ok(t) = db.open_tree(SALVAGED) {
+            for k in t.iter().keys().flatten() {
+                next = next.max(key(&k[4..]).saturating_add(1));
+            }
+        }
         for name in db.tree_names() {
             if name.starts_with(b"q/")
                 && let Some((k, _)) = db
@@ -340,8 +381,9 @@ impl Store {
             let _ = h.seen.insert(seen_key(&o.source, o.pkid), v);
         }
         let mut journal = None;
-        for (q, seq, stored) in puts {
-            q.insert(seq, &stored);
+        for (q, seq, mut stored) in puts {
+            entry::stamp(&mut stored, seq, q.id);
+            q.insert_stamped(seq, &stored);
             q.metrics.enqueued.fetch_add(1, Relaxed);
             if let Some(slot) = q.slot {
                 journal
@@ -388,10 +430,14 @@ impl Store {
         let guard = read(&self.sled);
         let (backing, slot) = match (guard.as_ref(), durable && self.on_disk) {
             (Some(h), true) => {
-                let trees = Trees::open(&h.db, name).map_err(|source| StoreError::Sled {
+                let sled_err = |source| StoreError::Sled {
                     path: self.path.display().to_string(),
                     source,
-                })?;
+                };
+                let trees = Trees::open(&h.db, name).map_err(sled_err)?;
+                if !self.read_only {
+                    take_salvaged(&h.db, &trees.tree, name).map_err(sled_err)?;
+                }
                 let slot = lock(&self.queues).len();
                 (Backing::Sled(RwLock::new(Some(trees))), Some(slot))
             }
@@ -412,6 +458,7 @@ impl Store {
             read_only: self.read_only,
             backing,
             slot,
+            id: entry::queue_id(name),
             cfg,
             bytes: AtomicU64::new(0),
             len: AtomicU64::new(0),
@@ -656,6 +703,21 @@ enum Opened {
     Damaged(String),
 }
 
+/// Move the salvaged entries of queue `name` into its tree.
+fn take_salvaged(db: &sled::Db, tree: &sled::Tree, name: &str) -> sled::Result<()> {
+    let salvaged = db.open_tree(SALVAGED)?;
+    let prefix = entry::queue_id(name).to_be_bytes();
+    for kv in salvaged.scan_prefix(prefix) {
+        let (k, v) = kv?;
+        let seq = key(&k[4..]);
+        if !tree.contains_key(seq.to_be_bytes())? {
+            tree.insert(seq.to_be_bytes(), v)?;
+        }
+        salvaged.remove(k)?;
+    }
+    Ok(())
+}
+
 /// Free space [`Store::recover`] waits for before reopening sled (its
 /// recovery and first segments write).
 pub const RECOVER_FREE: u64 = 1 << 20;
@@ -767,6 +829,8 @@ pub struct Queue {
     backing: Backing,
     /// Its place among the store's durable queues.
     slot: Option<usize>,
+    /// Its id in its entries ([`entry::queue_id`] of the name).
+    id: u32,
     cfg: BufferConfig,
     bytes: AtomicU64,
     len: AtomicU64,
@@ -887,6 +951,12 @@ impl Queue {
     }
 
     fn insert(&self, seq: u64, stored: &[u8]) {
+        let mut v = stored.to_vec();
+        entry::stamp(&mut v, seq, self.id);
+        self.insert_stamped(seq, &v);
+    }
+
+    fn insert_stamped(&self, seq: u64, stored: &[u8]) {
         let old = match &self.backing {
             Backing::Sled(t) => {
                 let r = match read(t).as_ref() {
