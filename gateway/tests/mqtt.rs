@@ -387,6 +387,66 @@ fn a_slow_pipeline_slows_the_source_without_loss() {
     );
 }
 
+#[test]
+fn stopping_with_a_slow_pipeline_is_bounded_and_loses_nothing() {
+    // 0.3 s per record (a clock-bound spin): 60 records would take 18 s
+    // to drain. A stop leaves what the drain budget (5 s) does not reach
+    // unacknowledged, and the broker redelivers it to the next run.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.wasm");
+    let wat = r#"(module
+        (import "weir" "emit" (func $emit (param i32 i32) (result i32)))
+        (import "weir" "clock_now_ms" (func $now (result i64)))
+        (memory (export "memory") 1)
+        (func (export "weir_abi_v1"))
+        (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "weir_transform") (param $ptr i32) (param $len i32) (result i32)
+            (local $until i64) (local.set $until (i64.add (call $now) (i64.const 300)))
+            (loop $l (br_if $l (i64.lt_s (call $now) (local.get $until))))
+            (drop (call $emit (local.get $ptr) (local.get $len)))
+            (i32.const 0)))"#;
+    std::fs::write(&slow, wat::parse_str(wat).unwrap()).unwrap();
+    let pipeline = format!(
+        "\n[[pipeline]]\nname = \"slow\"\n  [[pipeline.stage]]\n  name = \"busy\"\n  module = {:?}\n  grants = [\"clock\"]\n  limits = {{ fuel = 1_000_000_000, deadline = \"30s\" }}\n",
+        slow.display().to_string()
+    );
+    let broker = Mosquitto::start(dir.path(), free_port());
+    let cfg = config(dir.path(), broker.port, 4, 1, Some(&pipeline));
+    let weir = Serve::start(&cfg);
+    assert!(weir.wait_log("MQTT subscribed"));
+    broker.publish("mqttv311", 1, "sensors/s5/telemetry", &numbered(0..60), &[]);
+    let first = weir.wait_lines(2);
+    assert!(first.len() >= 2, "{}", weir.log());
+    let asked = std::time::Instant::now();
+    let log = weir.stop();
+    let took = asked.elapsed();
+    // The budget (5 s), one record in the stage, the sinks' drain: under
+    // 15 s (draining everything would take about 18 s).
+    assert!(took < common::patience(15), "stop took {took:?}\n{log}");
+    assert!(log.contains("left unprocessed after the drain budget"), "{log}");
+    let mut got: Vec<u64> = first.iter().filter_map(|l| l["payload"]["n"].as_u64()).collect();
+    // The next run gets the rest from the broker.
+    let weir = Serve::start(&cfg);
+    let deadline = std::time::Instant::now() + common::patience(60);
+    loop {
+        let mut all: Vec<u64> = got
+            .iter()
+            .copied()
+            .chain(weir.lines().iter().filter_map(|l| l["payload"]["n"].as_u64()))
+            .collect();
+        all.sort();
+        all.dedup();
+        if all == (0..60).collect::<Vec<_>>() {
+            got = all;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all:?}\n{}", weir.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(got.len(), 60);
+    drop(weir);
+}
+
 /// An MQTT 3.1.1 source with `max_payload = 1 KiB` and `extra` keys;
 /// a 200 KB QoS 1 message published ahead of 20 readings.
 fn oversized_ahead_of_readings(extra: &str) -> (tempfile::TempDir, Mosquitto, Serve) {

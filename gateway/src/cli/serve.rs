@@ -27,6 +27,10 @@ use crate::sources::mqtt::{self, MqttMetrics};
 use crate::sources::serial::{self, SerialMetrics};
 use crate::store::{OpenReport, Queue, Store};
 
+/// How long the pipelines keep draining their input after a stop signal
+/// before leaving the rest unacknowledged.
+pub const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Arguments of `weir serve`.
 #[derive(Args)]
 pub struct ServeArgs {
@@ -103,6 +107,7 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             .spawn(move || run_syncer(store, sync_rx, qs, stopping, m))?
     };
     let mut intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
+    let worker_stopping = stopping.clone();
     let every = cfg.store.sync_every;
     let intake_metrics = intake.metrics.clone();
 
@@ -121,7 +126,29 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
                         .expect("a timer runtime")
                 });
                 let mut last = std::time::Instant::now();
+                let mut stop_seen: Option<std::time::Instant> = None;
                 loop {
+                    // Shutdown is bounded: after DRAIN_BUDGET the inputs
+                    // still waiting are left unacknowledged (an MQTT broker
+                    // redelivers them; serial ones are lost, and counted).
+                    if worker_stopping.load(Relaxed)
+                        && stop_seen
+                            .get_or_insert_with(std::time::Instant::now)
+                            .elapsed()
+                            >= DRAIN_BUDGET
+                    {
+                        let mut left = 0u64;
+                        while let Some(item) = rx.blocking_recv() {
+                            left += 1;
+                            drop(item);
+                        }
+                        if left > 0 {
+                            intake.metrics.abandoned.fetch_add(left, Relaxed);
+                            tracing::warn!(inputs = left, budget_s = DRAIN_BUDGET.as_secs(),
+                                "stopping: inputs left unprocessed after the drain budget; MQTT brokers redeliver them, serial ones are lost");
+                        }
+                        break;
+                    }
                     let item = if let Some(timer) = timer.as_ref().filter(|_| intake.has_pending())
                     {
                         let wait = every.saturating_sub(last.elapsed());
