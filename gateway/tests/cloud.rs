@@ -411,7 +411,11 @@ fn disk_full(policy: &str) -> Option<(Vec<u64>, Vec<u64>, String)> {
         cloud.stop();
     }
     // drop-oldest must evict while the disk is full: a small bound.
-    let bound = if policy == "drop-oldest" { "40 KiB" } else { "64 MiB" };
+    let bound = if policy == "drop-oldest" {
+        "40 KiB"
+    } else {
+        "64 MiB"
+    };
     let sink = format!(
         "port = {cloud_port}\nbuffer = {{ max_bytes = \"{bound}\", when_full = \"{policy}\" }}"
     );
@@ -430,7 +434,11 @@ fn disk_full(policy: &str) -> Option<(Vec<u64>, Vec<u64>, String)> {
     assert!(weir.wait_log("store sync failed"), "{}", weir.log());
     // Stuck while the disk stays full.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!weir.log().contains("store sync works again"), "{}", weir.log());
+    assert!(
+        !weir.log().contains("store sync works again"),
+        "{}",
+        weir.log()
+    );
     let mut weir = weir;
     let mut first_log = String::new();
     if policy == "drop-oldest" {
@@ -546,7 +554,10 @@ fn damaged_store(damage: impl Fn(&Path)) -> (Vec<u64>, Vec<u64>, String) {
     };
     let got = sub.wait(served_from_store, 60);
     std::thread::sleep(Duration::from_millis(500));
-    let got = seqs(&sub.got()).into_iter().chain(seqs(&got)).collect::<Vec<_>>();
+    let got = seqs(&sub.got())
+        .into_iter()
+        .chain(seqs(&got))
+        .collect::<Vec<_>>();
     let log = weir.stop();
     drop(cloud);
     (kept, got, log)
@@ -574,8 +585,16 @@ fn sixty_four_flipped_bytes_lose_only_the_entries_they_touch() {
     );
     assert!(unique.iter().all(|s| kept.contains(s)), "{log}");
     // 64 bytes touch at most two W1 entries (about 200 bytes each).
-    assert!(unique.len() + 2 >= kept.len(), "{} of {}\n{log}", unique.len(), kept.len());
-    assert!(log.contains("salvaged") || log.contains("lost_seqs=0"), "{log}");
+    assert!(
+        unique.len() + 2 >= kept.len(),
+        "{} of {}\n{log}",
+        unique.len(),
+        kept.len()
+    );
+    assert!(
+        log.contains("salvaged") || log.contains("lost_seqs=0"),
+        "{log}"
+    );
 }
 
 /// SIGKILL at random moments during a QoS 1 stream of 50,000 records.

@@ -117,7 +117,13 @@ fn a_backlog_of_large_records_stays_within_the_memory_formula() {
     let n = 100;
     for i in 0..n {
         let payload = format!(r#"{{"id":"s1","n":{i},"blob":"{}"}}"#, "z".repeat(900_000));
-        publish_bytes(src.port, "mqttv311", 1, "sensors/s1/telemetry", payload.as_bytes());
+        publish_bytes(
+            src.port,
+            "mqttv311",
+            1,
+            "sensors/s1/telemetry",
+            payload.as_bytes(),
+        );
     }
     assert!(weir.wait_log(&format!("enqueued={n}")), "{}", weir.log());
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -140,7 +146,11 @@ fn a_backlog_of_large_records_stays_within_the_memory_formula() {
         mib(peak),
         mib(formula())
     );
-    assert!(peak <= formula(), "peak RSS {peak} over the formula's {}", formula());
+    assert!(
+        peak <= formula(),
+        "peak RSS {peak} over the formula's {}",
+        formula()
+    );
     // Draining the backlog adds at most the sink's term (it used to render
     // its whole window of 100 records at once: 2.2 GB).
     assert!(

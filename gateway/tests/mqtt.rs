@@ -423,8 +423,14 @@ fn stopping_with_a_slow_pipeline_is_bounded_and_loses_nothing() {
     // The budget (5 s), one record in the stage, the sinks' drain: under
     // 15 s (draining everything would take about 18 s).
     assert!(took < common::patience(15), "stop took {took:?}\n{log}");
-    assert!(log.contains("left unprocessed after the drain budget"), "{log}");
-    let mut got: Vec<u64> = first.iter().filter_map(|l| l["payload"]["n"].as_u64()).collect();
+    assert!(
+        log.contains("left unprocessed after the drain budget"),
+        "{log}"
+    );
+    let mut got: Vec<u64> = first
+        .iter()
+        .filter_map(|l| l["payload"]["n"].as_u64())
+        .collect();
     // The next run gets the rest from the broker.
     let weir = Serve::start(&cfg);
     let deadline = std::time::Instant::now() + common::patience(60);
@@ -432,7 +438,11 @@ fn stopping_with_a_slow_pipeline_is_bounded_and_loses_nothing() {
         let mut all: Vec<u64> = got
             .iter()
             .copied()
-            .chain(weir.lines().iter().filter_map(|l| l["payload"]["n"].as_u64()))
+            .chain(
+                weir.lines()
+                    .iter()
+                    .filter_map(|l| l["payload"]["n"].as_u64()),
+            )
             .collect();
         all.sort();
         all.dedup();
@@ -440,7 +450,11 @@ fn stopping_with_a_slow_pipeline_is_bounded_and_loses_nothing() {
             got = all;
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{all:?}\n{}", weir.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{all:?}\n{}",
+            weir.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(got.len(), 60);

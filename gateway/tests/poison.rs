@@ -86,7 +86,11 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
     let cfg = config(d, src.port, cloud.port);
     let weir_serve = Serve::start(&cfg);
-    assert!(weir_serve.wait_log("MQTT subscribed"), "{}", weir_serve.log());
+    assert!(
+        weir_serve.wait_log("MQTT subscribed"),
+        "{}",
+        weir_serve.log()
+    );
 
     let good = |n: u32| format!(r#"{{"id":"s1","n":{n}}}"#);
     let mut msgs: Vec<String> = (0..5).map(good).collect();
@@ -97,7 +101,10 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
     // 70,000 characters are over what this stage's limits let through.)
     msgs.push(format!(r#"{{"id":"{}","n":102}}"#, "x".repeat(5_000)));
     // 6 KB: the broker closes the connection every time it arrives.
-    msgs.push(format!(r#"{{"id":"s1","n":103,"blob":"{}"}}"#, "y".repeat(6000)));
+    msgs.push(format!(
+        r#"{{"id":"s1","n":103,"blob":"{}"}}"#,
+        "y".repeat(6000)
+    ));
     msgs.extend((5..10).map(good));
     src.publish("mqttv311", 1, "sensors/s1/telemetry", &msgs, &[]);
 
@@ -115,14 +122,22 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
     }
     let got = sub.got();
     let nul = got.iter().find(|v| v["n"] == 100).unwrap();
-    assert_eq!(nul["id"], "a\u{0}b", "the payload keeps the value as it was");
+    assert_eq!(
+        nul["id"], "a\u{0}b",
+        "the payload keeps the value as it was"
+    );
     let log = weir_serve.stop();
     // Each poison record is reported once, when it is moved aside; the
     // broker's drops are not reported as outages.
-    assert_eq!(log.matches("moved to the sink's dead-letter queue").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("moved to the sink's dead-letter queue").count(),
+        2,
+        "{log}"
+    );
     assert_eq!(log.matches("sink broker unreachable").count(), 0, "{log}");
     assert_eq!(
-        log.matches("the broker closed the connection right after this record").count(),
+        log.matches("the broker closed the connection right after this record")
+            .count(),
         1,
         "{log}"
     );
@@ -135,7 +150,10 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     // The first drop, then 3 attempts with the record alone.
-    assert!(connects <= 5, "3 attempts, then it moves on: {connects}\n{log}");
+    assert!(
+        connects <= 5,
+        "3 attempts, then it moves on: {connects}\n{log}"
+    );
 
     // The operator's view.
     let c = cfg.to_str().unwrap();
@@ -158,7 +176,16 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
     );
     let big_id = dropped_conn["msg_id"].as_str().unwrap().to_string();
     let long_id = too_long["msg_id"].as_str().unwrap().to_string();
-    let out = weir(&["store", "dead-letters", "show", "--config", c, "--sink", "cloud", &big_id]);
+    let out = weir(&[
+        "store",
+        "dead-letters",
+        "show",
+        "--config",
+        c,
+        "--sink",
+        "cloud",
+        &big_id,
+    ]);
     assert!(out.status.success(), "{out:?}");
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["record"]["n"], 103, "{shown}");
@@ -170,13 +197,43 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
 
     // Drop the one that can never go; requeue the other once the broker
     // takes bigger packets.
-    let out = weir(&["store", "dead-letters", "drop", "--config", c, "--sink", "cloud", &long_id]);
+    let out = weir(&[
+        "store",
+        "dead-letters",
+        "drop",
+        "--config",
+        c,
+        "--sink",
+        "cloud",
+        &long_id,
+    ]);
     assert!(out.status.success(), "{out:?}");
-    let out = weir(&["store", "dead-letters", "drop", "--config", c, "--sink", "cloud", &long_id]);
+    let out = weir(&[
+        "store",
+        "dead-letters",
+        "drop",
+        "--config",
+        c,
+        "--sink",
+        "cloud",
+        &long_id,
+    ]);
     assert_eq!(out.status.code(), Some(2), "already gone: {out:?}");
-    let out = weir(&["store", "dead-letters", "requeue", "--config", c, "--sink", "cloud", "--all"]);
+    let out = weir(&[
+        "store",
+        "dead-letters",
+        "requeue",
+        "--config",
+        c,
+        "--sink",
+        "cloud",
+        "--all",
+    ]);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("requeued 1"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("requeued 1"),
+        "{out:?}"
+    );
     let out = weir(&["store", "dead-letters", "list", "--config", c, "--json"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 
@@ -187,6 +244,13 @@ fn poison_records_leave_the_queue_and_dead_letters_are_managed() {
     let weir_serve = Serve::start(&cfg);
     let got = sub.wait(1, 30);
     let log = weir_serve.stop();
-    let again = got.iter().find(|v| v["n"] == 103).unwrap_or_else(|| panic!("{got:?}\n{log}"));
-    assert_eq!(again["msg_id"], big_id.as_str(), "requeued under its own message id");
+    let again = got
+        .iter()
+        .find(|v| v["n"] == 103)
+        .unwrap_or_else(|| panic!("{got:?}\n{log}"));
+    assert_eq!(
+        again["msg_id"],
+        big_id.as_str(),
+        "requeued under its own message id"
+    );
 }

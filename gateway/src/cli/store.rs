@@ -460,10 +460,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> Result<(), Failure> {
                     r["msg_id"].as_str().unwrap_or(""),
                     r["age_s"],
                     r["attempts"],
-                    r["reason"]
-                        .as_str()
-                        .or(r["damaged"].as_str())
-                        .unwrap_or("")
+                    r["reason"].as_str().or(r["damaged"].as_str()).unwrap_or("")
                 );
             }
             Ok(())
@@ -528,13 +525,17 @@ fn change_dead(a: &DeadSome, requeue: bool) -> Result<(), Failure> {
             .map(|d| d.map_or_else(|e| e.0, |d| d.seq))
             .collect()
     } else {
-        a.ids.iter().map(|i| parse_id(i)).collect::<Result<_, _>>()?
+        a.ids
+            .iter()
+            .map(|i| parse_id(i))
+            .collect::<Result<_, _>>()?
     };
     let (mut done, mut missing) = (0, Vec::new());
     for seq in seqs {
         let ok = if requeue {
-            q.requeue_dead_letter(seq)
-                .map_err(|e| anyhow::anyhow!("dead letter {seq} is damaged ({e}); it can only be dropped"))?
+            q.requeue_dead_letter(seq).map_err(|e| {
+                anyhow::anyhow!("dead letter {seq} is damaged ({e}); it can only be dropped")
+            })?
         } else {
             q.drop_dead_letter(seq)
         };

@@ -137,9 +137,27 @@ mod tests {
             assert_eq!(p.window(100), 1, "still probing after {s}");
         }
         // 5 alone: dropped three times in a row.
-        assert_eq!(p.dropped(Some((5, SOON)), 5), Verdict::Suspect { seq: 5, attempts: 1 });
-        assert_eq!(p.dropped(Some((5, SOON)), 5), Verdict::Suspect { seq: 5, attempts: 2 });
-        assert_eq!(p.dropped(Some((5, SOON)), 5), Verdict::DeadLetter { seq: 5, attempts: 3 });
+        assert_eq!(
+            p.dropped(Some((5, SOON)), 5),
+            Verdict::Suspect {
+                seq: 5,
+                attempts: 1
+            }
+        );
+        assert_eq!(
+            p.dropped(Some((5, SOON)), 5),
+            Verdict::Suspect {
+                seq: 5,
+                attempts: 2
+            }
+        );
+        assert_eq!(
+            p.dropped(Some((5, SOON)), 5),
+            Verdict::DeadLetter {
+                seq: 5,
+                attempts: 3
+            }
+        );
         assert_eq!(p.window(100), 1, "6..=9 were in flight too");
         for s in 6..9 {
             p.acked(s);
@@ -153,8 +171,20 @@ mod tests {
     #[test]
     fn one_in_flight_is_blamed_at_once() {
         let mut p = Poison::new(2);
-        assert_eq!(p.dropped(Some((7, SOON)), 7), Verdict::Suspect { seq: 7, attempts: 1 });
-        assert_eq!(p.dropped(Some((7, SOON)), 7), Verdict::DeadLetter { seq: 7, attempts: 2 });
+        assert_eq!(
+            p.dropped(Some((7, SOON)), 7),
+            Verdict::Suspect {
+                seq: 7,
+                attempts: 1
+            }
+        );
+        assert_eq!(
+            p.dropped(Some((7, SOON)), 7),
+            Verdict::DeadLetter {
+                seq: 7,
+                attempts: 2
+            }
+        );
         assert!(!p.probing());
     }
 
@@ -167,9 +197,27 @@ mod tests {
         assert!(p.probing(), "only its own ack clears it");
         p.acked(7);
         assert!(!p.probing());
-        assert_eq!(p.dropped(Some((7, SOON)), 7), Verdict::Suspect { seq: 7, attempts: 1 });
-        assert_eq!(p.dropped(Some((9, SOON)), 9), Verdict::Suspect { seq: 9, attempts: 1 });
-        assert_eq!(p.dropped(Some((7, SOON)), 7), Verdict::Suspect { seq: 7, attempts: 1 });
+        assert_eq!(
+            p.dropped(Some((7, SOON)), 7),
+            Verdict::Suspect {
+                seq: 7,
+                attempts: 1
+            }
+        );
+        assert_eq!(
+            p.dropped(Some((9, SOON)), 9),
+            Verdict::Suspect {
+                seq: 9,
+                attempts: 1
+            }
+        );
+        assert_eq!(
+            p.dropped(Some((7, SOON)), 7),
+            Verdict::Suspect {
+                seq: 7,
+                attempts: 1
+            }
+        );
     }
 
     #[test]
@@ -183,14 +231,26 @@ mod tests {
             p.dropped(Some((7, BLAME_WITHIN + Duration::from_millis(1))), 7),
             Verdict::Unrelated
         );
-        assert_eq!(p.dropped(Some((7, SOON)), 7), Verdict::DeadLetter { seq: 7, attempts: 2 });
+        assert_eq!(
+            p.dropped(Some((7, SOON)), 7),
+            Verdict::DeadLetter {
+                seq: 7,
+                attempts: 2
+            }
+        );
     }
 
     #[test]
     fn zero_means_never() {
         let mut p = Poison::new(0);
         for n in 1..100 {
-            assert_eq!(p.dropped(Some((7, SOON)), 7), Verdict::Suspect { seq: 7, attempts: n });
+            assert_eq!(
+                p.dropped(Some((7, SOON)), 7),
+                Verdict::Suspect {
+                    seq: 7,
+                    attempts: n
+                }
+            );
         }
     }
 }

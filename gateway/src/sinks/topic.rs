@@ -173,7 +173,10 @@ mod tests {
             _ => None,
         });
         assert_eq!(t.unwrap(), "m/sensors/s1/telemetry/a_b__");
-        assert_eq!(fill("x/{payload.nope}", MAX_TOPIC_BYTES, |_| None).unwrap(), "x/_");
+        assert_eq!(
+            fill("x/{payload.nope}", MAX_TOPIC_BYTES, |_| None).unwrap(),
+            "x/_"
+        );
     }
 
     #[test]
@@ -187,7 +190,10 @@ mod tests {
         let e = id(&"x".repeat(70_000)).unwrap_err();
         assert!(e.contains("70000 bytes"), "{e}");
         assert!(id(&"x".repeat(MAX_VALUE_BYTES)).is_ok());
-        let e = fill("c/{payload.id}/{payload.id}", 600, |_| Some("y".repeat(300))).unwrap_err();
+        let e = fill("c/{payload.id}/{payload.id}", 600, |_| {
+            Some("y".repeat(300))
+        })
+        .unwrap_err();
         assert!(e.contains("over the 600"), "{e}");
     }
 }

@@ -204,7 +204,11 @@ fn decode2(seq: u64, bytes: &[u8]) -> Result<Entry, EntryError> {
 
 /// The enqueue time of stored bytes, without verifying them.
 pub fn enqueued_ms(bytes: &[u8]) -> Option<u64> {
-    let at = if bytes.get(..4) == Some(&MAGIC[..]) { 25..33 } else { 5..13 };
+    let at = if bytes.get(..4) == Some(&MAGIC[..]) {
+        25..33
+    } else {
+        5..13
+    };
     Some(u64::from_le_bytes(bytes.get(at)?.try_into().ok()?))
 }
 
@@ -353,7 +357,10 @@ mod tests {
         let crc = CRC.checksum(&v[4..]);
         v[..4].copy_from_slice(&crc.to_le_bytes());
         let e = decode(3, &v).unwrap();
-        assert_eq!((e.enqueued_ms, e.pipeline.as_str(), &e.body[..]), (77, "w1", &b"body"[..]));
+        assert_eq!(
+            (e.enqueued_ms, e.pipeline.as_str(), &e.body[..]),
+            (77, "w1", &b"body"[..])
+        );
         assert_eq!(enqueued_ms(&v), Some(77));
     }
 

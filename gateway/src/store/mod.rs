@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 pub use config::{BufferConfig, StoreConfig, WhenFull, duration, opt_duration};
@@ -566,10 +566,7 @@ impl Store {
         if !self.on_disk || self.read_only {
             return Ok(true);
         }
-        let journal_bytes: u64 = lock(&self.journal)
-            .iter()
-            .map(|e| e.2.len() as u64)
-            .sum();
+        let journal_bytes: u64 = lock(&self.journal).iter().map(|e| e.2.len() as u64).sum();
         if let Some(free) = free_bytes(&self.path)
             && free < RECOVER_FREE + 2 * journal_bytes
         {
@@ -645,15 +642,14 @@ impl Store {
         let Some(h) = guard.as_ref() else {
             return Vec::new();
         };
-        let mut names: Vec<String> = h
-            .db
-            .tree_names()
-            .iter()
-            .filter_map(|n| {
-                n.strip_prefix(b"q/")
-                    .map(|n| String::from_utf8_lossy(n).into_owned())
-            })
-            .collect();
+        let mut names: Vec<String> =
+            h.db.tree_names()
+                .iter()
+                .filter_map(|n| {
+                    n.strip_prefix(b"q/")
+                        .map(|n| String::from_utf8_lossy(n).into_owned())
+                })
+                .collect();
         names.sort();
         names
     }
@@ -961,7 +957,9 @@ impl Queue {
             Backing::Sled(t) => {
                 let r = match read(t).as_ref() {
                     Some(t) => t.tree.insert(seq.to_be_bytes(), stored),
-                    None => Err(sled::Error::ReportableBug("the store is being reopened".into())),
+                    None => Err(sled::Error::ReportableBug(
+                        "the store is being reopened".into(),
+                    )),
                 };
                 match r {
                     Ok(old) => {
@@ -1015,7 +1013,10 @@ impl Queue {
     /// Copy the dead letters into `to` (for compaction).
     pub fn copy_dead_letters_to(&self, to: &Queue) {
         for d in self.dead_letters(0, usize::MAX).into_iter().flatten() {
-            to.put_dead(d.seq, &entry::encode_dead(d.at_ms, d.attempts, &d.reason, &d.stored));
+            to.put_dead(
+                d.seq,
+                &entry::encode_dead(d.at_ms, d.attempts, &d.reason, &d.stored),
+            );
         }
     }
 
@@ -1058,7 +1059,11 @@ impl Queue {
 
     /// Up to `max` dead letters from `from` on, in order; a damaged one is
     /// an error in its place.
-    pub fn dead_letters(&self, from: u64, max: usize) -> Vec<Result<DeadLetter, (u64, EntryError)>> {
+    pub fn dead_letters(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Vec<Result<DeadLetter, (u64, EntryError)>> {
         let decode = |k: u64, v: &[u8]| entry::decode_dead(k, v).map_err(|e| (k, e));
         match &self.backing {
             Backing::Sled(t) => read(t).as_ref().map_or(Vec::new(), |t| {

@@ -246,8 +246,12 @@ fn the_intact_entries_of_an_unopenable_store_are_salvaged_into_their_queues() {
     {
         let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
         let mut r = OpenReport::default();
-        let a = store.queue("a", BufferConfig::default(), true, &mut r).unwrap();
-        let b = store.queue("b", BufferConfig::default(), true, &mut r).unwrap();
+        let a = store
+            .queue("a", BufferConfig::default(), true, &mut r)
+            .unwrap();
+        let b = store
+            .queue("b", BufferConfig::default(), true, &mut r)
+            .unwrap();
         for n in 0..20 {
             let seq = store.take_seq();
             store.commit(vec![(&a, seq, rec(n)), (&b, seq, rec(n))], None);
@@ -264,9 +268,18 @@ fn the_intact_entries_of_an_unopenable_store_are_salvaged_into_their_queues() {
     assert!(report.moved_aside.is_some());
     assert!(report.salvaged >= 35, "{report:?}");
     let mut r = OpenReport::default();
-    let a = store.queue("a", BufferConfig::default(), true, &mut r).unwrap();
-    let b = store.queue("b", BufferConfig::default(), true, &mut r).unwrap();
-    let seqs = |q: &Queue| q.read(0, u64::MAX, 100).iter().map(|e| e.seq).collect::<Vec<_>>();
+    let a = store
+        .queue("a", BufferConfig::default(), true, &mut r)
+        .unwrap();
+    let b = store
+        .queue("b", BufferConfig::default(), true, &mut r)
+        .unwrap();
+    let seqs = |q: &Queue| {
+        q.read(0, u64::MAX, 100)
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(seqs(&a), (1..=20).collect::<Vec<_>>());
     let got_b = seqs(&b);
     assert!(got_b.ends_with(&(6..=20).collect::<Vec<_>>()), "{got_b:?}");
@@ -459,7 +472,10 @@ impl Tmpfs {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs on {} (needs root)", dir.display());
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs on {} (needs root)",
+                dir.display()
+            );
             return None;
         }
         Some(Tmpfs(dir.to_path_buf()))
