@@ -50,6 +50,36 @@ impl Router {
     pub fn pipelines(&self) -> impl Iterator<Item = &Pipeline> {
         self.pipelines.iter().map(|(p, _)| p)
     }
+
+    /// One router per pipeline (a thread each), with the routes.
+    pub fn split(self) -> Vec<(Route, Router)> {
+        self.pipelines
+            .into_iter()
+            .map(|(p, route)| {
+                let r = Router {
+                    pipelines: vec![(p, route.clone())],
+                    out: PipelineOutput::default(),
+                };
+                (route, r)
+            })
+            .collect()
+    }
+
+    /// The routers of [`Router::split`] together again (for the report).
+    pub fn join(parts: Vec<Router>) -> Router {
+        Router {
+            pipelines: parts.into_iter().flat_map(|r| r.pipelines).collect(),
+            out: PipelineOutput::default(),
+        }
+    }
+
+    /// A router without pipelines (its intake takes source dead letters).
+    pub fn empty() -> Router {
+        Router {
+            pipelines: Vec::new(),
+            out: PipelineOutput::default(),
+        }
+    }
 }
 
 /// Whether MQTT topic filter `filter` matches `topic`: `+` matches one level,

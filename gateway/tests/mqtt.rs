@@ -461,6 +461,92 @@ fn stopping_with_a_slow_pipeline_is_bounded_and_loses_nothing() {
     drop(weir);
 }
 
+#[test]
+fn a_slow_pipeline_does_not_starve_another() {
+    // Pipeline "slow" takes 0.2 s per record (a clock-bound spin within
+    // its limits); "fast" passes records through. 20 slow records are
+    // published first, then 200 fast ones: on one shared thread the fast
+    // ones would wait about 4 s behind the slow ones.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.wasm");
+    let wat = r#"(module
+        (import "weir" "emit" (func $emit (param i32 i32) (result i32)))
+        (import "weir" "clock_now_ms" (func $now (result i64)))
+        (memory (export "memory") 1)
+        (func (export "weir_abi_v1"))
+        (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "weir_transform") (param $ptr i32) (param $len i32) (result i32)
+            (local $until i64) (local.set $until (i64.add (call $now) (i64.const 200)))
+            (loop $l (br_if $l (i64.lt_s (call $now) (local.get $until))))
+            (drop (call $emit (local.get $ptr) (local.get $len)))
+            (i32.const 0)))"#;
+    std::fs::write(&slow, wat::parse_str(wat).unwrap()).unwrap();
+    let pipelines = format!(
+        r#"
+[[pipeline]]
+name = "slow"
+topics = ["sensors/slow/#"]
+  [[pipeline.stage]]
+  name = "busy"
+  module = {:?}
+  grants = ["clock"]
+  limits = {{ fuel = 1_000_000_000 }}
+
+[[pipeline]]
+name = "fast"
+topics = ["sensors/fast/#"]
+  [[pipeline.stage]]
+  name = "every"
+  module = "c_downsample.wasm"
+  grants = ["state", "log"]
+  config = {{ every = 1 }}
+"#,
+        slow.display().to_string()
+    );
+    let broker = Mosquitto::start(dir.path(), free_port());
+    let weir = Serve::start(&config(dir.path(), broker.port, 4, 1, Some(&pipelines)));
+    assert!(weir.wait_log("MQTT subscribed"));
+    broker.publish(
+        "mqttv311",
+        1,
+        "sensors/slow/telemetry",
+        &numbered(0..20),
+        &[],
+    );
+    broker.publish(
+        "mqttv311",
+        1,
+        "sensors/fast/telemetry",
+        &numbered(0..200),
+        &[],
+    );
+    let count =
+        |lines: &[serde_json::Value], p: &str| lines.iter().filter(|l| l["pipeline"] == p).count();
+    let deadline = std::time::Instant::now() + common::patience(30);
+    let lines = loop {
+        let lines = weir.lines();
+        if count(&lines, "fast") == 200 {
+            break lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", weir.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Every fast record is out while the slow pipeline is still at work.
+    let slow_done = count(&lines, "slow");
+    assert!(
+        slow_done < 15,
+        "the fast pipeline waited for {slow_done} slow records"
+    );
+    // And the slow one loses nothing.
+    let lines = weir.wait_lines(220);
+    assert_eq!(count(&lines, "slow"), 20);
+    let log = weir.stop();
+    assert!(
+        log.contains("messages=220 records=220") && log.contains("ack_failures=0"),
+        "{log}"
+    );
+}
+
 /// An MQTT 3.1.1 source with `max_payload = 1 KiB` and `extra` keys;
 /// a 200 KB QoS 1 message published ahead of 20 readings.
 fn oversized_ahead_of_readings(extra: &str) -> (tempfile::TempDir, Mosquitto, Serve) {

@@ -27,6 +27,165 @@ use crate::sources::mqtt::{self, MqttMetrics};
 use crate::sources::serial::{self, SerialMetrics};
 use crate::store::{OpenReport, Queue, Store};
 
+/// Records a pipeline's own channel holds (a thread per pipeline).
+const LANE_CAPACITY: usize = 256;
+
+/// The pipeline thread's loop: take inputs, run them through `router`, put
+/// the output into the queues, and close a batch when the input runs dry
+/// (`sync_every = 0`) or `sync_every` has passed.
+fn drain(
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    mut intake: Intake,
+    mut router: Router,
+    every: std::time::Duration,
+    stopping: &AtomicBool,
+) -> Router {
+    // A batch closes when the channel runs dry (sync_every = 0)
+    // or when sync_every has passed since the last one: one sled
+    // transaction and one sync per batch, however slow the input.
+    let timer = (!every.is_zero()).then(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a timer runtime")
+    });
+    let mut last = std::time::Instant::now();
+    let mut stop_seen: Option<std::time::Instant> = None;
+    loop {
+        // Shutdown is bounded: after DRAIN_BUDGET the inputs
+        // still waiting are left unacknowledged (an MQTT broker
+        // redelivers them; serial ones are lost, and counted).
+        if stopping.load(Relaxed)
+            && stop_seen
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= DRAIN_BUDGET
+        {
+            let mut left = 0u64;
+            while let Some(item) = rx.blocking_recv() {
+                left += 1;
+                drop(item);
+            }
+            if left > 0 {
+                intake.metrics.abandoned.fetch_add(left, Relaxed);
+                tracing::warn!(
+                    inputs = left,
+                    budget_s = DRAIN_BUDGET.as_secs(),
+                    "stopping: inputs left unprocessed after the drain budget; MQTT brokers redeliver them, serial ones are lost"
+                );
+            }
+            break;
+        }
+        let item = if let Some(timer) = timer.as_ref().filter(|_| intake.has_pending()) {
+            let wait = every.saturating_sub(last.elapsed());
+            match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                Ok(item) => item,
+                Err(_) => {
+                    intake.submit();
+                    last = std::time::Instant::now();
+                    continue;
+                }
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(item) = item else { break };
+        intake.handle(&mut router, item);
+        let due = if every.is_zero() {
+            rx.is_empty()
+        } else {
+            last.elapsed() >= every
+        };
+        if due {
+            intake.submit();
+            last = std::time::Instant::now();
+        }
+    }
+    intake.submit();
+    router
+}
+
+/// The dispatcher of a thread per pipeline: each record goes to the
+/// pipelines that take it, each with a share of its acknowledgement and
+/// its own redelivery marker; source dead letters and records no pipeline
+/// takes go through its own intake. Returns its (empty) router.
+fn drain_dispatch(
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    mut intake: Intake,
+    lanes: Vec<(
+        String,
+        crate::routing::Route,
+        tokio::sync::mpsc::Sender<Item>,
+    )>,
+    stopping: &AtomicBool,
+) -> Vec<Router> {
+    let mut none = Router::empty();
+    let mut stop_seen: Option<std::time::Instant> = None;
+    while let Some(item) = rx.blocking_recv() {
+        if stopping.load(Relaxed)
+            && stop_seen
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= DRAIN_BUDGET
+        {
+            let mut left = 1u64;
+            drop(item);
+            while let Some(item) = rx.blocking_recv() {
+                left += 1;
+                drop(item);
+            }
+            intake.metrics.abandoned.fetch_add(left, Relaxed);
+            tracing::warn!(
+                inputs = left,
+                budget_s = DRAIN_BUDGET.as_secs(),
+                "stopping: inputs left unprocessed after the drain budget; MQTT brokers redeliver them, serial ones are lost"
+            );
+            break;
+        }
+        match item {
+            Item::Record {
+                record,
+                ack,
+                origin,
+            } => {
+                let to: Vec<usize> = (0..lanes.len())
+                    .filter(|&i| lanes[i].1.accepts(&record.source, &record.topic))
+                    .collect();
+                if to.is_empty() {
+                    let item = Item::Record {
+                        record,
+                        ack,
+                        origin,
+                    };
+                    intake.handle(&mut none, item);
+                } else {
+                    let mut shares = ack.map(|a| a.split(to.len()));
+                    for &i in &to {
+                        let (name, _, lane) = &lanes[i];
+                        let origin = origin.clone().map(|mut o| {
+                            o.lane = name.clone();
+                            o
+                        });
+                        let item = Item::Record {
+                            record: record.clone(),
+                            ack: shares.as_mut().and_then(Vec::pop),
+                            origin,
+                        };
+                        // Blocks only while that pipeline's own channel is full.
+                        let _ = lane.blocking_send(item);
+                    }
+                }
+            }
+            rejected => intake.handle(&mut none, rejected),
+        }
+        if rx.is_empty() && intake.has_pending() {
+            intake.submit();
+        }
+    }
+    intake.submit();
+    vec![none]
+}
+
 /// How long the pipelines keep draining their input after a stop signal
 /// before leaving the rest unacknowledged.
 pub const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
@@ -48,7 +207,7 @@ pub struct ServeArgs {
 
 pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     let cfg = Config::load(&args.config).map_err(Failure::refused)?;
-    let mut router = Router::from_config(&cfg, &Runtime::new()).map_err(Failure::refused)?;
+    let router = Router::from_config(&cfg, &Runtime::new()).map_err(Failure::refused)?;
     // TLS for MQTT uses rustls with the ring provider (smaller on ARM).
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -106,79 +265,51 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             .name("store-sync".into())
             .spawn(move || run_syncer(store, sync_rx, qs, stopping, m))?
     };
-    let mut intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
-    let worker_stopping = stopping.clone();
     let every = cfg.store.sync_every;
-    let intake_metrics = intake.metrics.clone();
-
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
-    let worker =
+    let mut intake_metrics = Vec::new();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(args.channel.max(1));
+    let worker = if cfg.pipelines.len() <= 1 {
+        // One pipeline: it runs on the thread that takes the input.
+        let intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
+        intake_metrics.push(intake.metrics.clone());
+        let stopping = stopping.clone();
         std::thread::Builder::new()
             .name("pipelines".into())
-            .spawn(move || -> Router {
-                // A batch closes when the channel runs dry (sync_every = 0)
-                // or when sync_every has passed since the last one: one sled
-                // transaction and one sync per batch, however slow the input.
-                let timer = (!every.is_zero()).then(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .expect("a timer runtime")
-                });
-                let mut last = std::time::Instant::now();
-                let mut stop_seen: Option<std::time::Instant> = None;
-                loop {
-                    // Shutdown is bounded: after DRAIN_BUDGET the inputs
-                    // still waiting are left unacknowledged (an MQTT broker
-                    // redelivers them; serial ones are lost, and counted).
-                    if worker_stopping.load(Relaxed)
-                        && stop_seen
-                            .get_or_insert_with(std::time::Instant::now)
-                            .elapsed()
-                            >= DRAIN_BUDGET
-                    {
-                        let mut left = 0u64;
-                        while let Some(item) = rx.blocking_recv() {
-                            left += 1;
-                            drop(item);
-                        }
-                        if left > 0 {
-                            intake.metrics.abandoned.fetch_add(left, Relaxed);
-                            tracing::warn!(inputs = left, budget_s = DRAIN_BUDGET.as_secs(),
-                                "stopping: inputs left unprocessed after the drain budget; MQTT brokers redeliver them, serial ones are lost");
-                        }
-                        break;
-                    }
-                    let item = if let Some(timer) = timer.as_ref().filter(|_| intake.has_pending())
-                    {
-                        let wait = every.saturating_sub(last.elapsed());
-                        match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-                        {
-                            Ok(item) => item,
-                            Err(_) => {
-                                intake.submit();
-                                last = std::time::Instant::now();
-                                continue;
-                            }
-                        }
-                    } else {
-                        rx.blocking_recv()
-                    };
-                    let Some(item) = item else { break };
-                    intake.handle(&mut router, item);
-                    let due = if every.is_zero() {
-                        rx.is_empty()
-                    } else {
-                        last.elapsed() >= every
-                    };
-                    if due {
-                        intake.submit();
-                        last = std::time::Instant::now();
-                    }
-                }
-                intake.submit();
-                router
-            })?;
+            .spawn(move || drain(rx, intake, router, every, &stopping))?
+    } else {
+        // A thread per pipeline, so a slow one stalls only itself: the
+        // dispatcher hands each record to the pipelines that take it, with
+        // a share of its acknowledgement each.
+        let mut lanes = Vec::new();
+        let mut routes = Vec::new();
+        for (route, r) in router.split() {
+            let name = r
+                .pipelines()
+                .next()
+                .map(|p| p.name().to_string())
+                .unwrap_or_default();
+            let (ltx, lrx) =
+                tokio::sync::mpsc::channel::<Item>(args.channel.clamp(1, LANE_CAPACITY));
+            let intake = Intake::new(store.clone(), &queues, sync_tx.clone(), stopping.clone());
+            intake_metrics.push(intake.metrics.clone());
+            let stopping = stopping.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("pipeline-{name}"))
+                .spawn(move || drain(lrx, intake, r, every, &stopping))?;
+            routes.push((name, route, ltx));
+            lanes.push(thread);
+        }
+        let intake = Intake::new(store.clone(), &queues, sync_tx, stopping.clone());
+        intake_metrics.push(intake.metrics.clone());
+        let stopping = stopping.clone();
+        std::thread::Builder::new()
+            .name("dispatch".into())
+            .spawn(move || {
+                let mut own = drain_dispatch(rx, intake, routes, &stopping);
+                own.extend(lanes.into_iter().filter_map(|l| l.join().ok()));
+                Router::join(own)
+            })?
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -337,8 +468,8 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     let im = &intake_metrics;
     tracing::info!(
-        redelivered = im.redelivered.load(Relaxed),
-        abandoned = im.abandoned.load(Relaxed),
+        redelivered = im.iter().map(|m| m.redelivered.load(Relaxed)).sum::<u64>(),
+        abandoned = im.iter().map(|m| m.abandoned.load(Relaxed)).sum::<u64>(),
         syncs = sync_metrics.syncs.load(Relaxed),
         sync_failures = sync_metrics.failures.load(Relaxed),
         store_reopens = sync_metrics.reopens.load(Relaxed),

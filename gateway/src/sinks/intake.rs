@@ -67,6 +67,8 @@ pub struct Intake {
     abandon: bool,
     /// The current input's admitted outputs: (route, seq, stored bytes).
     puts: Vec<(usize, u64, Vec<u8>)>,
+    /// The lowest sequence number this intake may still commit.
+    low: Arc<AtomicU64>,
 }
 
 impl Intake {
@@ -78,7 +80,6 @@ impl Intake {
         stopping: Arc<AtomicBool>,
     ) -> Intake {
         Intake {
-            store,
             routes: sinks
                 .iter()
                 .map(|(c, q)| Route {
@@ -94,6 +95,8 @@ impl Intake {
             metrics: Arc::default(),
             abandon: false,
             puts: Vec::new(),
+            low: store.writer(),
+            store,
         }
     }
 
@@ -152,6 +155,8 @@ impl Intake {
         };
         if self.abandon {
             self.puts.clear();
+            self.low
+                .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
             self.metrics.abandoned.fetch_add(1, Relaxed);
             drop(ack);
         } else {
@@ -191,6 +196,7 @@ impl Intake {
         }
         let stored = entry::encode(kind, now_ms(), pipeline, body);
         // One sequence number per record: the same message id in every sink.
+        self.store.hold_from(&self.low);
         let seq = self.store.take_seq();
         for i in wanted {
             let q = self.routes[i].queue.clone();
@@ -245,6 +251,8 @@ impl Intake {
             .map(|(i, seq, stored)| (&*self.routes[i].queue, seq, stored))
             .collect();
         self.store.commit(puts, origin);
+        self.low
+            .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Hand the held acknowledgements to the sync thread with the batch.
@@ -291,6 +299,9 @@ pub fn run_syncer(
             upto = upto.max(p.upto);
             acks.extend(p.acks);
         }
+        // Several intakes (a thread per pipeline): nothing past what one of
+        // them may still commit becomes deliverable.
+        let upto = upto.min(store.deliverable());
         let mut backoff = Duration::from_millis(50);
         let mut failed = false;
         let mut reopen_error = String::new();

@@ -16,6 +16,30 @@ impl Ack {
     pub fn ack(self) {
         (self.0)()
     }
+
+    /// `n` shares of this acknowledgement: it is sent when every share
+    /// was acknowledged, never if one is dropped unacknowledged (one input
+    /// handled by several pipelines, each on its own thread).
+    pub fn split(self, n: usize) -> Vec<Ack> {
+        if n <= 1 {
+            return vec![self];
+        }
+        use std::sync::atomic::{AtomicUsize, Ordering::AcqRel};
+        let shared = std::sync::Arc::new((AtomicUsize::new(n), std::sync::Mutex::new(Some(self))));
+        (0..n)
+            .map(|_| {
+                let s = shared.clone();
+                Ack::new(move || {
+                    if s.0.fetch_sub(1, AcqRel) == 1 {
+                        let ack = s.1.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some(a) = ack {
+                            a.ack();
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
 }
 
 /// Where a QoS 1/2 MQTT message came from, to recognise a broker's
@@ -30,6 +54,9 @@ pub struct Origin {
     pub dup: bool,
     /// CRC-32 of topic and payload.
     pub digest: u32,
+    /// The pipeline handling it, where each has its own thread (its
+    /// redelivery marker is its own); empty otherwise.
+    pub lane: String,
 }
 
 impl Origin {
@@ -45,6 +72,7 @@ impl Origin {
             pkid,
             dup,
             digest: d.finalize(),
+            lane: String::new(),
         }
     }
 }
@@ -75,4 +103,39 @@ pub enum Item {
         /// To call after it is written.
         ack: Option<Ack>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    #[test]
+    fn a_split_ack_goes_out_once_when_every_share_is_acked() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let s = sent.clone();
+        let mut shares = Ack::new(move || {
+            s.fetch_add(1, SeqCst);
+        })
+        .split(3);
+        shares.pop().unwrap().ack();
+        shares.pop().unwrap().ack();
+        assert_eq!(sent.load(SeqCst), 0);
+        shares.pop().unwrap().ack();
+        assert_eq!(sent.load(SeqCst), 1);
+    }
+
+    #[test]
+    fn a_dropped_share_means_no_ack() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let s = sent.clone();
+        let mut shares = Ack::new(move || {
+            s.fetch_add(1, SeqCst);
+        })
+        .split(2);
+        drop(shares.pop());
+        shares.pop().unwrap().ack();
+        assert_eq!(sent.load(SeqCst), 0);
+    }
 }

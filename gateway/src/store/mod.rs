@@ -21,7 +21,7 @@ mod salvage;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -113,6 +113,9 @@ pub struct Store {
     /// Entries committed since the last successful sync: what sled may
     /// lose when it has to be reopened after an I/O error.
     journal: Mutex<Vec<(usize, u64, Vec<u8>)>>,
+    /// Per writer (intake), the lowest sequence number it may still
+    /// commit (`u64::MAX`: none): sinks must not read past it.
+    writers: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 /// The last synced `next_seq`, 8 bytes big-endian, in a file *beside* the
@@ -167,6 +170,7 @@ impl Store {
             read_only: false,
             queues: Mutex::new(Vec::new()),
             journal: Mutex::new(Vec::new()),
+            writers: Mutex::new(Vec::new()),
         }
     }
 
@@ -357,6 +361,7 @@ impl Store {
             read_only: mode == OpenMode::Inspect,
             queues: Mutex::new(Vec::new()),
             journal: Mutex::new(Vec::new()),
+            writers: Mutex::new(Vec::new()),
         };
         Ok((store, report))
     }
@@ -378,7 +383,7 @@ impl Store {
             let mut v = o.digest.to_le_bytes().to_vec();
             v.extend_from_slice(&puts.last().map_or(u64::MAX, |p| p.1).to_le_bytes());
             // Fails only with the disk, which sync reports.
-            let _ = h.seen.insert(seen_key(&o.source, o.pkid), v);
+            let _ = h.seen.insert(seen_key(o), v);
         }
         let mut journal = None;
         for (q, seq, mut stored) in puts {
@@ -400,7 +405,7 @@ impl Store {
     /// under a new message id, never a loss.
     pub fn redelivery_done(&self, o: &Origin, queues: &[&Queue]) -> bool {
         let got = match read(&self.sled).as_ref() {
-            Some(h) => h.seen.get(seen_key(&o.source, o.pkid)),
+            Some(h) => h.seen.get(seen_key(o)),
             None => return false,
         };
         let Ok(Some(v)) = got else {
@@ -488,7 +493,33 @@ impl Store {
 
     /// Take a sequence number for a new entry.
     pub fn take_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, Relaxed)
+        self.next_seq.fetch_add(1, SeqCst)
+    }
+
+    /// A writer's low-water mark: set it (with [`Store::hold_from`])
+    /// before taking sequence numbers, clear it (`u64::MAX`) once they are
+    /// committed; [`Store::deliverable`] stays below it meanwhile.
+    pub fn writer(&self) -> Arc<AtomicU64> {
+        let w = Arc::new(AtomicU64::new(u64::MAX));
+        lock(&self.writers).push(w.clone());
+        w
+    }
+
+    /// Mark `w` as about to take sequence numbers (keeps an earlier mark).
+    pub fn hold_from(&self, w: &AtomicU64) {
+        if w.load(SeqCst) == u64::MAX {
+            w.store(self.next_seq.load(SeqCst), SeqCst);
+        }
+    }
+
+    /// Entries below this may become deliverable at the next sync: every
+    /// number below it was either committed or will never be.
+    pub fn deliverable(&self) -> u64 {
+        let next = self.next_seq.load(SeqCst);
+        lock(&self.writers)
+            .iter()
+            .map(|w| w.load(SeqCst))
+            .fold(next, u64::min)
     }
 
     /// Entries below this are synced and may be delivered.
@@ -517,8 +548,10 @@ impl Store {
                     source: std::io::Error::other("the store is not open (a reopen failed)"),
                 });
             };
+            // Every number issued, not only those deliverable: never reissued.
+            let issued = self.next_seq().max(upto);
             h.meta
-                .insert(NEXT_SEQ, &upto.to_be_bytes())
+                .insert(NEXT_SEQ, &issued.to_be_bytes())
                 .map_err(|source| StoreError::Sled {
                     path: self.path.display().to_string(),
                     source,
@@ -537,7 +570,7 @@ impl Store {
             }
             if let Some(w) = &self.watermark {
                 use std::os::unix::fs::FileExt;
-                w.write_all_at(&upto.to_be_bytes(), 0)
+                w.write_all_at(&issued.to_be_bytes(), 0)
                     .map_err(|source| StoreError::Io {
                         path: watermark_path(&self.path).display().to_string(),
                         source,
@@ -683,10 +716,16 @@ impl Store {
     }
 }
 
-fn seen_key(source: &str, pkid: u16) -> Vec<u8> {
-    let mut k = source.as_bytes().to_vec();
+/// The redelivery marker's key: source, packet id, and the pipeline when
+/// pipelines run on their own threads (each marks its own part).
+fn seen_key(o: &Origin) -> Vec<u8> {
+    let mut k = o.source.as_bytes().to_vec();
     k.push(0);
-    k.extend_from_slice(&pkid.to_be_bytes());
+    k.extend_from_slice(&o.pkid.to_be_bytes());
+    if !o.lane.is_empty() {
+        k.push(0);
+        k.extend_from_slice(o.lane.as_bytes());
+    }
     k
 }
 

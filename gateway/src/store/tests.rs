@@ -426,6 +426,7 @@ fn redelivered_inputs_are_recognised_only_when_their_outputs_survived() {
         )
         .unwrap();
     let origin = |pkid, digest| Origin {
+        lane: String::new(),
         source: "mqtt".into(),
         pkid,
         dup: true,
@@ -598,4 +599,48 @@ fn drop_oldest_on_a_failing_disk_refuses_instead_of_spinning() {
     assert!(store.recover().unwrap());
     store.sync(store.next_seq()).unwrap();
     assert_eq!(q.admit(one), Pushed::Stored);
+}
+
+#[test]
+fn each_pipeline_thread_marks_its_own_part_of_a_redelivered_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let q = store
+        .queue(
+            "s",
+            BufferConfig::default(),
+            true,
+            &mut OpenReport::default(),
+        )
+        .unwrap();
+    let lane = |name: &str| Origin {
+        lane: name.into(),
+        source: "mqtt".into(),
+        pkid: 7,
+        dup: true,
+        digest: 0xabcd,
+    };
+    let seq = store.take_seq();
+    store.commit(vec![(&q, seq, rec(1))], Some(&lane("a")));
+    assert!(store.redelivery_done(&lane("a"), &[&q]));
+    // Pipeline b had not committed its part: it processes it again.
+    assert!(!store.redelivery_done(&lane("b"), &[&q]));
+    assert!(!store.redelivery_done(&lane(""), &[&q]));
+}
+
+#[test]
+fn entries_become_deliverable_only_below_every_writers_low_water_mark() {
+    let store = Store::memory();
+    let (a, b) = (store.writer(), store.writer());
+    assert_eq!(store.deliverable(), store.next_seq());
+    store.hold_from(&a);
+    let s1 = store.take_seq();
+    store.hold_from(&b);
+    let s2 = store.take_seq();
+    // a has not committed s1: nothing from s1 on, b's s2 included.
+    assert_eq!(store.deliverable(), s1);
+    a.store(u64::MAX, SeqCst);
+    assert_eq!(store.deliverable(), s2);
+    b.store(u64::MAX, SeqCst);
+    assert_eq!(store.deliverable(), store.next_seq());
 }
