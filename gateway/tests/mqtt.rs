@@ -204,8 +204,22 @@ fn weir_rides_out_a_broker_restart() {
         "{}",
         weir.log()
     );
+    // Several reconnect attempts (backoff 200, 400, 800 ms) while it is away.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
     let broker = Mosquitto::start(dir.path(), port);
     assert!(weir.wait_log("MQTT broker is back"), "{}", weir.log());
+    // One warning for the outage, not one per attempt; the end says how long.
+    let log = weir.log();
+    assert_eq!(
+        log.matches("MQTT broker lost or unreachable").count(),
+        1,
+        "{log}"
+    );
+    let back = log
+        .lines()
+        .find(|l| l.contains("MQTT broker is back"))
+        .unwrap();
+    assert!(!back.contains("attempts=0"), "{back}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     broker.publish("mqttv5", 1, "sensors/s3/telemetry", &numbered(0..5), &[]);
     assert_eq!(ns(&weir.wait_lines(5)), (0..5).collect::<Vec<_>>());

@@ -315,7 +315,12 @@ struct Reconnect {
     down: bool,
     /// The TLS problem last logged: a different one is logged again.
     tls_logged: Option<String>,
+    /// The outage's start, attempts since, and when to summarise next.
+    outage: Option<(std::time::Instant, u64, std::time::Instant)>,
 }
+
+/// How often a long outage is summarised in the log.
+const SUMMARY_EVERY: Duration = Duration::from_secs(300);
 
 impl Reconnect {
     fn new() -> Self {
@@ -323,6 +328,7 @@ impl Reconnect {
             backoff: Duration::from_millis(200),
             down: false,
             tls_logged: None,
+            outage: None,
         }
     }
 
@@ -330,8 +336,12 @@ impl Reconnect {
         h.metrics.connects.fetch_add(1, Relaxed);
         let cfg = &h.cfg;
         self.tls_logged = None;
+        let outage = self.outage.take();
         if std::mem::take(&mut self.down) {
-            tracing::info!(source = %cfg.name, host = %cfg.host, session_present, "MQTT broker is back");
+            tracing::info!(source = %cfg.name, host = %cfg.host, session_present,
+                down_s = outage.map_or(0, |o| o.0.elapsed().as_secs()),
+                attempts = outage.map_or(0, |o| o.1),
+                "MQTT broker is back");
         } else {
             tracing::info!(source = %cfg.name, host = %cfg.host, session_present, "MQTT connected");
         }
@@ -360,12 +370,24 @@ impl Reconnect {
         tls: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
+        let now = std::time::Instant::now();
         if !self.down {
             self.down = true;
             h.metrics.outages.fetch_add(1, Relaxed);
+            self.outage = Some((now, 0, now + SUMMARY_EVERY));
             if !tls {
                 tracing::warn!(source = %h.cfg.name, host = %h.cfg.host, error = %error,
                     "MQTT broker lost or unreachable; reconnecting with backoff");
+            }
+        }
+        // One line per outage, then a summary every SUMMARY_EVERY.
+        if let Some((since, attempts, next)) = &mut self.outage {
+            *attempts += 1;
+            if now >= *next {
+                *next = now + SUMMARY_EVERY;
+                tracing::warn!(source = %h.cfg.name, host = %h.cfg.host, error = %error,
+                    down_s = since.elapsed().as_secs(), attempts = *attempts,
+                    "MQTT broker still unreachable; reconnecting with backoff");
             }
         }
         if tls && self.tls_logged.as_ref() != Some(&error) {
