@@ -498,6 +498,8 @@ pub(super) fn run(args: ServeArgs) -> Result<(), Failure> {
             "sink done"
         );
     }
+    // A clean stop: the next start can tell the files were left intact.
+    store.close();
     std::io::stdout().flush()?;
     Ok(())
 }

@@ -126,6 +126,14 @@ pub struct Store {
 /// versions kept it inside the directory as `weir.seq`, still read.
 const LEGACY_WATERMARK: &str = "weir.seq";
 
+/// `<store>.<ext>`, beside the store.
+fn side_path(path: &Path, ext: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(ext);
+    path.with_file_name(name)
+}
+
 fn watermark_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".seq");
@@ -201,6 +209,30 @@ impl Store {
         // sled releases its file lock from background threads after the
         // last handle is dropped, so a store closed a moment ago in this
         // process can still be locked: retry briefly before calling it in use.
+        // sled's recovery zeroes and truncates a log after the first
+        // corrupt message, so what it will lose must be copied out first:
+        // unless the files are exactly as weir left them at its last clean
+        // stop, every intact entry is copied to `<store>.salvage`.
+        let side = SideFile(side_path(path, "salvage"));
+        let side = &side.0;
+        let _ = std::fs::remove_file(side);
+        // A store in use is not copied (opening it fails anyway); our own
+        // lock can linger a moment after a close.
+        let free = {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !unlocked(&path.join("db")) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            unlocked(&path.join("db"))
+        };
+        if mode == OpenMode::Serve && free && path.join("db").is_file() {
+            let clean = side_path(path, "clean");
+            let same = std::fs::read_to_string(&clean).ok() == salvage::fingerprint(path).ok();
+            let _ = std::fs::remove_file(&clean);
+            if !same {
+                salvage::copy_out(path, side).map_err(io)?;
+            }
+        }
         let db = match open_sled_patiently(path, cfg) {
             Ok(db) => db,
             // In use, or not permitted: an error, never "damage".
@@ -297,17 +329,46 @@ impl Store {
                 next = next.max(u64::from_be_bytes(k) + 1);
             }
         }
-        if issued > next {
-            report.lost_seqs = issued - next;
+        // sled cut its log: the entries from where it stopped up to what
+        // was issued come back from the copy (earlier ones it still has,
+        // or they were delivered).
+        if issued > next && side.is_file() {
+            let salvaged = db.open_tree(SALVAGED).map_err(sled_err)?;
+            let mut n = 0;
+            let mut failed = None;
+            salvage::read_copy(side, |queue, seq, bytes| {
+                if (next..issued).contains(&seq) {
+                    match salvaged.insert(salvage::key(queue, seq), bytes) {
+                        Ok(_) => n += 1,
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+            })
+            .map_err(io)?;
+            if let Some(e) = failed {
+                return Err(sled_err(e));
+            }
+            if n > 0 {
+                db.flush().map_err(sled_err)?;
+                report.salvaged += n;
+                tracing::warn!(store = %path.display(), entries = n,
+                    "sled's recovery cut its log at damage; the intact entries after the cut were salvaged by their own checksums");
+            }
+        }
+        if issued > next + report.salvaged {
+            report.lost_seqs = issued - next - report.salvaged;
             tracing::error!(
                 store = %path.display(),
                 issued_up_to = issued,
                 recovered_up_to = next,
                 "the store lost entries to damage: sled's recovery stopped at a corrupt log message; up to {} entries are gone, the rest is served",
-                issued - next
+                report.lost_seqs
             );
-            next = issued;
         }
+        // Never reissued, whatever sled recovered.
+        next = next.max(issued);
         let watermark = match mode {
             OpenMode::Inspect => None,
             OpenMode::Serve => {
@@ -661,6 +722,36 @@ impl Store {
         Ok(true)
     }
 
+    /// A clean stop: sync, close sled, and record a fingerprint of its files
+    /// (`<store>.clean`), so the next start can tell they are exactly as
+    /// left and skip copying entries out before sled's recovery.
+    pub fn close(&self) {
+        if !self.on_disk || self.read_only {
+            return;
+        }
+        if self.sync(self.next_seq()).is_err() {
+            return;
+        }
+        let queues: Vec<Arc<Queue>> = lock(&self.queues)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for q in &queues {
+            if let Some(mut t) = q.trees_mut() {
+                *t = None;
+            }
+        }
+        *write(&self.sled) = None;
+        // sled lets go of its files from background threads.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline && !unlocked(&self.path.join("db")) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(f) = salvage::fingerprint(&self.path) {
+            let _ = std::fs::write(side_path(&self.path, "clean"), f);
+        }
+    }
+
     /// sled's own view of the database size on disk.
     pub fn size_on_disk(&self) -> u64 {
         read(&self.sled)
@@ -736,6 +827,26 @@ enum Opened {
     Io(std::io::Error),
     /// Corruption, a sled bug report, or a panic in its recovery.
     Damaged(String),
+}
+
+/// The copy of a store's entries made before sled's recovery; removed
+/// however the open ends.
+struct SideFile(PathBuf);
+
+impl Drop for SideFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether nobody holds sled's lock on `db`.
+fn unlocked(db: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(db) else {
+        return true;
+    };
+    // SAFETY: flock on a file descriptor we own; released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Move the salvaged entries of queue `name` into its tree.

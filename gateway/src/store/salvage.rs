@@ -57,6 +57,65 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
+/// A fingerprint of every file of a store: relative path, length and
+/// CRC-32 of its bytes, one per line, sorted.
+pub fn fingerprint(dir: &Path) -> io::Result<String> {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let mut digest = CRC.digest();
+        let mut len = 0u64;
+        let mut file = std::fs::File::open(&f)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            use std::io::Read;
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+            len += n as u64;
+        }
+        let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+        out.push_str(&format!("{rel} {len} {:08x}\n", digest.finalize()));
+    }
+    Ok(out)
+}
+
+/// Copy every intact entry found under `dir` into `to`, back to back (they
+/// delimit themselves). Returns how many.
+pub fn copy_out(dir: &Path, to: &Path) -> io::Result<u64> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(to)?);
+    let mut err = None;
+    let n = scan(dir, |_, _, bytes| {
+        if err.is_none()
+            && let Err(e) = w.write_all(bytes)
+        {
+            err = Some(e);
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    w.flush()?;
+    Ok(n)
+}
+
+/// The entries of a file [`copy_out`] wrote: (queue id, seq, bytes).
+pub fn read_copy(from: &Path, mut each: impl FnMut(u32, u64, &[u8])) -> io::Result<()> {
+    let bytes = std::fs::read(from)?;
+    let mut at = 0;
+    while let Some((len, seq, queue)) = entry::frame(&bytes[at..]) {
+        each(queue, seq, &bytes[at..at + len]);
+        at += len;
+    }
+    Ok(())
+}
+
 /// The key of a salvaged entry in the `salvaged` tree: queue id, then seq.
 pub fn key(queue: u32, seq: u64) -> [u8; 12] {
     let mut k = [0; 12];
