@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    Mosquitto, Serve, SmallDisk, Sub, client_tls_args, free_port, make_certs, mtls_listener,
+    Mosquitto, Serve, SmallDisk, Sub, broker_dir, client_tls_args, free_port, make_certs,
+    mtls_listener,
 };
 
 const W1_STAGES: &str = r#"
@@ -119,23 +120,15 @@ fn assert_ordered_per_sensor(got: &[serde_json::Value]) {
     }
 }
 
-fn mosquitto_dir(base: &Path, name: &str) -> PathBuf {
-    let d = base.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
-}
-
 #[test]
 fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certs(d);
     let tls_conf = mtls_listener(d);
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cloud_port = free_port();
-    let cloud = Mosquitto::start_with(&mosquitto_dir(d, "cloud"), cloud_port, &tls_conf);
+    let cloud = Mosquitto::start_with(&broker_dir(d, "cloud"), cloud_port, &tls_conf);
     let p = d.display();
     let sub_tls = client_tls_args(d);
     let sub_args: Vec<&str> = sub_tls.iter().map(String::as_str).collect();
@@ -198,9 +191,9 @@ fn mtls_cloud_delivers_and_bad_credentials_are_refused_clearly() {
 fn cloud_outage_mid_stream_loses_nothing_and_keeps_order_per_sensor() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cloud_port = free_port();
-    let cloud_dir = mosquitto_dir(d, "cloud");
+    let cloud_dir = broker_dir(d, "cloud");
     let cloud = Mosquitto::start(&cloud_dir, cloud_port);
     let sub = Sub::start(cloud_port, "cloud-sub", "cloud/#", &[]);
     let weir = Serve::start(&config(
@@ -247,7 +240,7 @@ fn starts_with_no_connectivity_then_forwards() {
     let (src_port, cloud_port) = (free_port(), free_port());
     // The cloud broker learns its subscriber's session, then goes away
     // (persisting it), so nothing the gateway sends later can miss it.
-    let cloud_dir = mosquitto_dir(d, "cloud");
+    let cloud_dir = broker_dir(d, "cloud");
     {
         let cloud = Mosquitto::start(&cloud_dir, cloud_port);
         drop(Sub::start(cloud_port, "cloud-sub", "cloud/#", &[]));
@@ -257,7 +250,7 @@ fn starts_with_no_connectivity_then_forwards() {
     let weir = Serve::start(&config(d, src_port, &format!("port = {cloud_port}"), ""));
     assert!(weir.wait_log("weir is serving"), "{}", weir.log());
     assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), src_port);
+    let src = Mosquitto::start(&broker_dir(d, "src"), src_port);
     assert!(weir.wait_log("MQTT broker is back"), "{}", weir.log());
     let (lines, kept) = readings(300, 3);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
@@ -279,11 +272,11 @@ fn starts_with_no_connectivity_then_forwards() {
 fn full_buffer(policy: &str) -> (Vec<u64>, Vec<u64>, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cloud_port = free_port();
     // The subscriber's persistent session exists before weir's sink can
     // reach the cloud, so nothing published before it resubscribes is lost.
-    let cloud_dir = mosquitto_dir(d, "cloud");
+    let cloud_dir = broker_dir(d, "cloud");
     {
         let cloud = Mosquitto::start(&cloud_dir, cloud_port);
         drop(Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]));
@@ -402,9 +395,9 @@ fn disk_full(policy: &str) -> Option<(Vec<u64>, Vec<u64>, String)> {
             return None;
         }
     };
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cloud_port = free_port();
-    let cloud_dir = mosquitto_dir(d, "cloud");
+    let cloud_dir = broker_dir(d, "cloud");
     {
         let cloud = Mosquitto::start(&cloud_dir, cloud_port);
         drop(Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]));
@@ -515,7 +508,7 @@ fn disk_full_drop_oldest_stops_cleanly_and_keeps_the_newest() {
 fn damaged_store(damage: impl Fn(&Path)) -> (Vec<u64>, Vec<u64>, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cloud_port = free_port();
     let cfg = config(d, src.port, &format!("port = {cloud_port}"), "");
     let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
@@ -532,7 +525,7 @@ fn damaged_store(damage: impl Fn(&Path)) -> (Vec<u64>, Vec<u64>, String) {
 
     damage(&d.join("store").join("db"));
 
-    let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
+    let cloud = Mosquitto::start(&broker_dir(d, "cloud"), cloud_port);
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
     let weir = Serve::start(&cfg);
     assert!(weir.wait_log("weir is serving"), "{}", weir.log());
@@ -602,9 +595,9 @@ fn sixty_four_flipped_bytes_lose_only_the_entries_they_touch() {
 fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cloud_port = free_port();
-    let cloud = Mosquitto::start(&mosquitto_dir(d, "cloud"), cloud_port);
+    let cloud = Mosquitto::start(&broker_dir(d, "cloud"), cloud_port);
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
     let cfg = config(
         d,
@@ -709,7 +702,7 @@ fn sigkill_during_a_50k_stream_loses_no_acknowledged_record() {
 fn store_commands_inspect_verify_and_compact() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let cfg = config(d, src.port, &format!("port = {}", free_port()), "");
     let weir = Serve::start_with(&cfg, &["--stats-every", "100ms"]);
     assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
@@ -791,7 +784,7 @@ fn store_commands_inspect_verify_and_compact() {
 fn file_sink_rotates_and_local_republish_in_cbor() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let src = Mosquitto::start(&mosquitto_dir(d, "src"), free_port());
+    let src = Mosquitto::start(&broker_dir(d, "src"), free_port());
     let out = d.join("out").join("w1.jsonl");
     let text = format!(
         r#"

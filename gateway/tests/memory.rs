@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{Mosquitto, Serve, Sub, free_port, publish_bytes};
+use common::{Mosquitto, Serve, Sub, broker_dir, free_port, publish_bytes};
 
 const MIB: u64 = 1 << 20;
 
@@ -72,14 +72,6 @@ fn pass_module(dir: &Path) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn broker_dir(base: &Path, name: &str) -> PathBuf {
-    let d = base.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
 }
 
 /// The README's worst-case RSS for this config ("Memory"): base, sled

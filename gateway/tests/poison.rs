@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{Mosquitto, Serve, Sub, free_port};
+use common::{Mosquitto, Serve, Sub, broker_dir, free_port};
 
 fn config(dir: &Path, src: u16, cloud: u16) -> PathBuf {
     let text = format!(
@@ -57,14 +57,6 @@ fn weir(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn broker_dir(base: &Path, name: &str) -> PathBuf {
-    let d = base.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
 }
 
 fn ns(got: &[serde_json::Value]) -> Vec<u64> {

@@ -28,7 +28,8 @@ const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// with `--no-install-recommends`, so nothing comes through "recommends"):
 /// clang and lld build the C guest modules, mosquitto and its clients are
 /// the tests' brokers, openssl makes the tests' CA and certificates,
-/// procps gives `kill` to the tests that signal weir.
+/// procps gives `kill` to the tests that signal weir, mount gives
+/// `mount`/`umount` to the tests that fill a tmpfs of their own.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "lld",
@@ -36,6 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "mosquitto-clients",
     "openssl",
     "procps",
+    "mount",
 ];
 
 /// What the ARM builds and their qemu-user runs need. The cross compilers

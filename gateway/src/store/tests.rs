@@ -18,6 +18,18 @@ fn open(dir: &Path) -> (Store, OpenReport) {
     Store::open(&dir.join("store"), &StoreConfig::default()).unwrap()
 }
 
+/// The durable queue `name` of `store`, with the default bounds.
+fn durable(store: &Store, name: &str) -> Arc<Queue> {
+    store
+        .queue(
+            name,
+            BufferConfig::default(),
+            true,
+            &mut OpenReport::default(),
+        )
+        .unwrap()
+}
+
 fn push_n(store: &Store, q: &Queue, n: u64) -> Vec<Pushed> {
     (0..n).map(|i| q.push(store.take_seq(), &rec(i))).collect()
 }
@@ -62,14 +74,7 @@ fn entries_survive_reopen_in_order_and_seq_is_never_reused() {
 fn only_synced_entries_are_deliverable() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    let q = store
-        .queue(
-            "s",
-            BufferConfig::default(),
-            true,
-            &mut OpenReport::default(),
-        )
-        .unwrap();
+    let q = durable(&store, "s");
     let before = store.durable_seq();
     push_n(&store, &q, 3);
     assert!(q.read(0, store.durable_seq(), 10).is_empty());
@@ -181,14 +186,7 @@ fn damaged_entries_are_moved_aside_at_open_and_on_read() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (store, _) = open(dir.path());
-        let q = store
-            .queue(
-                "s",
-                BufferConfig::default(),
-                true,
-                &mut OpenReport::default(),
-            )
-            .unwrap();
+        let q = durable(&store, "s");
         push_n(&store, &q, 5);
         // Corrupt entry 3 behind the queue's back.
         let Backing::Sled(t) = &q.backing else {
@@ -245,13 +243,8 @@ fn the_intact_entries_of_an_unopenable_store_are_salvaged_into_their_queues() {
     let path = dir.path().join("store");
     {
         let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
-        let mut r = OpenReport::default();
-        let a = store
-            .queue("a", BufferConfig::default(), true, &mut r)
-            .unwrap();
-        let b = store
-            .queue("b", BufferConfig::default(), true, &mut r)
-            .unwrap();
+        let a = durable(&store, "a");
+        let b = durable(&store, "b");
         for n in 0..20 {
             let seq = store.take_seq();
             store.commit(vec![(&a, seq, rec(n)), (&b, seq, rec(n))], None);
@@ -267,13 +260,8 @@ fn the_intact_entries_of_an_unopenable_store_are_salvaged_into_their_queues() {
     let (store, report) = Store::open(&path, &StoreConfig::default()).unwrap();
     assert!(report.moved_aside.is_some());
     assert!(report.salvaged >= 35, "{report:?}");
-    let mut r = OpenReport::default();
-    let a = store
-        .queue("a", BufferConfig::default(), true, &mut r)
-        .unwrap();
-    let b = store
-        .queue("b", BufferConfig::default(), true, &mut r)
-        .unwrap();
+    let a = durable(&store, "a");
+    let b = durable(&store, "b");
     let seqs = |q: &Queue| {
         q.read(0, u64::MAX, 100)
             .iter()
@@ -350,14 +338,7 @@ fn inspection_counts_damaged_entries_but_leaves_them_in_place() {
     let path = dir.path().join("store");
     {
         let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
-        let q = store
-            .queue(
-                "cloud",
-                BufferConfig::default(),
-                true,
-                &mut OpenReport::default(),
-            )
-            .unwrap();
+        let q = durable(&store, "cloud");
         push_n(&store, &q, 3);
         // A bad entry, as damage would leave it.
         q.copy_in(store.take_seq(), b"not an entry at all");
@@ -381,14 +362,7 @@ fn message_ids_are_never_reissued_when_the_store_is_moved_aside_or_lost() {
     let path = dir.path().join("store");
     {
         let (store, _) = Store::open(&path, &StoreConfig::default()).unwrap();
-        let q = store
-            .queue(
-                "cloud",
-                BufferConfig::default(),
-                true,
-                &mut OpenReport::default(),
-            )
-            .unwrap();
+        let q = durable(&store, "cloud");
         push_n(&store, &q, 10);
         store.sync(store.next_seq()).unwrap();
     }
@@ -417,14 +391,7 @@ fn message_ids_are_never_reissued_when_the_store_is_moved_aside_or_lost() {
 fn redelivered_inputs_are_recognised_only_when_their_outputs_survived() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    let q = store
-        .queue(
-            "s",
-            BufferConfig::default(),
-            true,
-            &mut OpenReport::default(),
-        )
-        .unwrap();
+    let q = durable(&store, "s");
     let origin = |pkid, digest| Origin {
         lane: String::new(),
         source: "mqtt".into(),
@@ -510,14 +477,7 @@ fn a_full_disk_fails_sync_then_recovers_by_reopening_and_keeps_every_entry() {
         return;
     };
     let (store, _) = open(dir.path());
-    let q = store
-        .queue(
-            "s",
-            BufferConfig::default(),
-            true,
-            &mut OpenReport::default(),
-        )
-        .unwrap();
+    let q = durable(&store, "s");
     push_n(&store, &q, 100);
     store.sync(store.next_seq()).unwrap();
     fs.fill();
@@ -550,14 +510,7 @@ fn a_full_disk_fails_sync_then_recovers_by_reopening_and_keeps_every_entry() {
     let next = store.next_seq();
     drop((q, store));
     let (store, _) = open(dir.path());
-    let q = store
-        .queue(
-            "s",
-            BufferConfig::default(),
-            true,
-            &mut OpenReport::default(),
-        )
-        .unwrap();
+    let q = durable(&store, "s");
     assert_eq!(q.len(), want.len() as u64 + 5);
     assert_eq!(store.next_seq(), next);
 }
@@ -605,14 +558,7 @@ fn drop_oldest_on_a_failing_disk_refuses_instead_of_spinning() {
 fn each_pipeline_thread_marks_its_own_part_of_a_redelivered_input() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    let q = store
-        .queue(
-            "s",
-            BufferConfig::default(),
-            true,
-            &mut OpenReport::default(),
-        )
-        .unwrap();
+    let q = durable(&store, "s");
     let lane = |name: &str| Origin {
         lane: name.into(),
         source: "mqtt".into(),
@@ -648,10 +594,7 @@ fn entries_become_deliverable_only_below_every_writers_low_water_mark() {
 /// 2,000 entries in a store, synced every 100, closed (cleanly or not).
 fn filled_store(path: &Path, clean: bool) {
     let (store, _) = Store::open(path, &StoreConfig::default()).unwrap();
-    let mut r = OpenReport::default();
-    let q = store
-        .queue("a", BufferConfig::default(), true, &mut r)
-        .unwrap();
+    let q = durable(&store, "a");
     for n in 0..2000 {
         let seq = store.take_seq();
         store.commit(vec![(&q, seq, rec(n))], None);
@@ -684,10 +627,7 @@ fn sixty_four_flipped_bytes_anywhere_lose_only_what_they_touch() {
             }
             std::fs::write(&db, &bytes).unwrap();
             let (store, report) = Store::open(&path, &StoreConfig::default()).unwrap();
-            let mut r = OpenReport::default();
-            let q = store
-                .queue("a", BufferConfig::default(), true, &mut r)
-                .unwrap();
+            let q = durable(&store, "a");
             // 64 bytes touch at most two entries of this size.
             assert!(
                 q.len() >= 1998,
@@ -713,13 +653,6 @@ fn a_clean_stop_is_recognised_and_nothing_is_copied_out() {
     assert_eq!(report.salvaged, 0);
     // Consumed at open: a crash from here on leaves no fingerprint.
     assert!(!path.with_file_name("store.clean").exists());
-    let q = store
-        .queue(
-            "a",
-            BufferConfig::default(),
-            true,
-            &mut OpenReport::default(),
-        )
-        .unwrap();
+    let q = durable(&store, "a");
     assert_eq!(q.len(), 2000);
 }

@@ -159,6 +159,39 @@ impl Drop for Serve {
     }
 }
 
+/// `base/name`, created world-writable: mosquitto drops privileges and
+/// keeps its persistence file there.
+pub fn broker_dir(base: &Path, name: &str) -> std::path::PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+/// A WAT module that passes each record on after spinning for `ms`
+/// milliseconds of wall time on `clock_now_ms` (needs the `clock` grant and
+/// raised fuel): slow the same way in a debug build, a release build or
+/// under qemu. Written to `dir`, returned as its path.
+pub fn clock_spin_module(dir: &Path, ms: u64) -> std::path::PathBuf {
+    let wat = format!(
+        r#"(module
+        (import "weir" "emit" (func $emit (param i32 i32) (result i32)))
+        (import "weir" "clock_now_ms" (func $now (result i64)))
+        (memory (export "memory") 1)
+        (func (export "weir_abi_v1"))
+        (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "weir_transform") (param $ptr i32) (param $len i32) (result i32)
+            (local $until i64) (local.set $until (i64.add (call $now) (i64.const {ms})))
+            (loop $l (br_if $l (i64.lt_s (call $now) (local.get $until))))
+            (drop (call $emit (local.get $ptr) (local.get $len)))
+            (i32.const 0)))"#
+    );
+    let path = dir.join(format!("spin-{ms}.wat"));
+    std::fs::write(&path, wat).unwrap();
+    path
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -213,10 +213,50 @@ struct Handler {
     metrics: Arc<MqttMetrics>,
 }
 
+/// Items from the broker waiting for room in the pipelines' channel. The
+/// event loop is polled meanwhile, up to `max` waiting: with a slow
+/// pipeline, a PINGRESP queued behind publishes it had no room for made
+/// rumqttc drop the connection ("Last pingreq isn't acked") and the broker
+/// redeliver everything unacknowledged. `max` is the in-flight window plus
+/// some: a broker that honours it never fills it.
+struct Waiting {
+    items: std::collections::VecDeque<Item>,
+    max: usize,
+}
+
+impl Waiting {
+    fn new(inflight: u16) -> Waiting {
+        Waiting {
+            items: std::collections::VecDeque::new(),
+            max: inflight as usize + 16,
+        }
+    }
+
+    /// Whether the event loop may be polled for more.
+    fn has_room(&self) -> bool {
+        self.items.len() < self.max
+    }
+
+    /// Move what fits into the channel; false when the pipelines are gone.
+    fn flush(&mut self, tx: &mpsc::Sender<Item>) -> bool {
+        while let Some(item) = self.items.pop_front() {
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    self.items.push_front(item);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+}
+
 impl Handler {
-    /// Hand one message on; false when the pipelines are gone.
-    async fn handle(&self, m: Message) -> bool {
-        self.metrics.messages.fetch_add(1, Relaxed);
+    /// One message as an item for the pipelines (`None`: refused and
+    /// acknowledged here).
+    fn item(&self, m: Message) -> Option<Item> {
         let item = match decode_payload(
             &m.payload,
             self.cfg.payload,
@@ -250,7 +290,7 @@ impl Handler {
                     if let Some(ack) = m.ack {
                         ack.ack();
                     }
-                    return true;
+                    return None;
                 }
                 Item::Rejected {
                     source: self.cfg.name.clone(),
@@ -262,7 +302,7 @@ impl Handler {
                 }
             }
         };
-        self.tx.send(item).await.is_ok()
+        Some(item)
     }
 }
 
@@ -479,13 +519,24 @@ mod v4 {
             // this task polls the event loop, so waiting there (with the channel
             // full of acks after a reconnect) would deadlock.
             let mut subscribe = false;
+            let mut waiting = Waiting::new(cfg.inflight);
             let ended = loop {
                 if subscribe {
                     subscribe = client.try_subscribe_many(filters.clone()).is_err();
                 }
                 acks.flush(|p| client.try_ack(p).is_ok());
+                if !waiting.flush(&h.tx) {
+                    break Ended::Stop;
+                }
                 let event = tokio::select! {
-                    e = events.poll() => e,
+                    e = events.poll(), if waiting.has_room() => e,
+                    room = h.tx.reserve(), if !waiting.items.is_empty() => match room {
+                        Ok(permit) => {
+                            permit.send(waiting.items.pop_front().expect("not empty"));
+                            continue;
+                        }
+                        Err(_) => break Ended::Stop,
+                    },
                     _ = acks.recv() => continue,
                     _ = shutdown.changed() => break Ended::Stop,
                 };
@@ -517,9 +568,8 @@ mod v4 {
                             packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
                             ack,
                         };
-                        if !h.handle(m).await {
-                            break Ended::Stop;
-                        }
+                        h.metrics.messages.fetch_add(1, Relaxed);
+                        waiting.items.extend(h.item(m));
                     }
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::MqttState(
@@ -634,13 +684,24 @@ mod v5 {
             let (client, events) = conn.as_mut().expect("made above");
             // See v4: subscribing never waits on the request channel.
             let mut subscribe = false;
+            let mut waiting = Waiting::new(cfg.inflight);
             let ended = loop {
                 if subscribe {
                     subscribe = client.try_subscribe_many(filters.clone()).is_err();
                 }
                 acks.flush(|p| client.try_ack(p).is_ok());
+                if !waiting.flush(&h.tx) {
+                    break Ended::Stop;
+                }
                 let event = tokio::select! {
-                    e = events.poll() => e,
+                    e = events.poll(), if waiting.has_room() => e,
+                    room = h.tx.reserve(), if !waiting.items.is_empty() => match room {
+                        Ok(permit) => {
+                            permit.send(waiting.items.pop_front().expect("not empty"));
+                            continue;
+                        }
+                        Err(_) => break Ended::Stop,
+                    },
                     _ = acks.recv() => continue,
                     _ = shutdown.changed() => break Ended::Stop,
                 };
@@ -677,9 +738,8 @@ mod v5 {
                             packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
                             ack,
                         };
-                        if !h.handle(m).await {
-                            break Ended::Stop;
-                        }
+                        h.metrics.messages.fetch_add(1, Relaxed);
+                        waiting.items.extend(h.item(m));
                     }
                     Ok(_) => {}
                     Err(e) => break Ended::Lost(e.to_string()),
