@@ -22,9 +22,11 @@
 pub mod cli;
 pub mod common;
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod routing;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod topology;

@@ -46,6 +46,35 @@ impl Router {
         taken
     }
 
+    /// Take over what `old` built up (see [`Pipeline::carry_over`]);
+    /// returns `(pipeline, stages whose state was kept)`.
+    pub fn carry_over(&mut self, old: &mut Router) -> Vec<(String, Vec<String>)> {
+        let mut kept = Vec::new();
+        for (p, _) in &mut self.pipelines {
+            if let Some((o, _)) = old.pipelines.iter_mut().find(|(o, _)| o.name() == p.name()) {
+                kept.push((p.name().to_string(), p.carry_over(o)));
+            }
+        }
+        kept
+    }
+
+    /// The routes, by pipeline name.
+    pub fn routes(&self) -> Vec<(String, Route)> {
+        self.pipelines
+            .iter()
+            .map(|(p, r)| (p.name().to_string(), r.clone()))
+            .collect()
+    }
+
+    /// Take the pipeline named `name` out, as a router of its own.
+    pub fn take(&mut self, name: &str) -> Option<Router> {
+        let i = self.pipelines.iter().position(|(p, _)| p.name() == name)?;
+        Some(Router {
+            pipelines: vec![self.pipelines.remove(i)],
+            out: PipelineOutput::default(),
+        })
+    }
+
     /// The pipelines.
     pub fn pipelines(&self) -> impl Iterator<Item = &Pipeline> {
         self.pipelines.iter().map(|(p, _)| p)
@@ -116,7 +145,7 @@ pub fn valid_filter(filter: &str) -> Result<(), &'static str> {
 }
 
 /// Which records a pipeline takes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Route {
     /// Source names; empty: every source.
     pub sources: Vec<String>,

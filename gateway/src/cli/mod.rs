@@ -167,17 +167,34 @@ fn no_transparent_huge_pages() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const WEIR_MALLOC_ARENAS: libc::c_int = 1;
 
-/// Logs go to stderr; `WEIR_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+/// Logs go to stderr; `WEIR_LOG` (or `RUST_LOG`) sets the filter, default
+/// `info`: a level, or `target=level` directives separated by commas
+/// (`info,weir::sinks=debug`). A filter that does not parse is reported
+/// once, and `info` is used.
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("WEIR_LOG")
+    use tracing_subscriber::filter::Targets;
+    let spec = std::env::var("WEIR_LOG")
         .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .or_else(|| std::env::var("RUST_LOG").ok());
+    let (filter, bad) = match spec.as_deref().map(str::parse::<Targets>) {
+        None => (Targets::new().with_default(tracing::Level::INFO), None),
+        Some(Ok(t)) => (t, None),
+        Some(Err(e)) => (Targets::new().with_default(tracing::Level::INFO), Some(e)),
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
         .try_init();
+    if let Some(e) = bad {
+        tracing::warn!(
+            filter = spec.as_deref().unwrap_or_default(),
+            error = %e,
+            "WEIR_LOG does not parse; logging at info (fix: a level, or target=level,...)"
+        );
+    }
 }

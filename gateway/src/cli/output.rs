@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use std::io::Write;
 
-use crate::pipeline::{DeadLetter, FailureKind, PipelineOutput};
+use crate::pipeline::{DeadLetter, PipelineOutput};
 use crate::record::Record;
 use crate::routing::Router;
 
@@ -63,36 +63,9 @@ pub fn dispatch_to(router: &mut Router, rec: &Record, w: &mut impl Write) -> std
 
 /// Log every pipeline and stage counter once.
 pub fn report(router: &Router) {
-    for p in router.pipelines() {
-        let m = p.metrics();
-        tracing::info!(
-            pipeline = p.name(),
-            records_in = m.records_in,
-            records_out = m.records_out,
-            dead_lettered = m.dead_lettered,
-            policy_dropped = m.policy_dropped,
-            policy_passed = m.policy_passed,
-            "pipeline done"
-        );
-        for s in p.stages() {
-            let sm = s.metrics();
-            let failures: Vec<String> = FailureKind::ALL
-                .iter()
-                .filter(|k| sm.failed(**k) > 0)
-                .map(|k| format!("{k}={}", sm.failed(*k)))
-                .collect();
-            tracing::info!(
-                stage = s.label(),
-                records_in = sm.records_in,
-                records_out = sm.records_out,
-                dropped = sm.records_dropped,
-                failed = sm.failed_total(),
-                failures = failures.join(","),
-                fuel_per_record = sm.fuel_used.checked_div(sm.records_in).unwrap_or(0),
-                logs_dropped = s.logs_dropped(),
-                quarantined = s.is_quarantined(),
-                "stage done"
-            );
-        }
-    }
+    let stats: Vec<_> = router
+        .pipelines()
+        .map(crate::metrics::PipelineStats::of)
+        .collect();
+    crate::topology::log_pipelines(&stats);
 }

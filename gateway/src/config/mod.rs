@@ -50,6 +50,9 @@ pub struct Config {
     /// `[[sink]]`: where pipeline output goes (none: everything to stdout).
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::sinks::SinkConfig>,
+    /// `[metrics]`: the Prometheus endpoint (off unless present).
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::MetricsConfig>,
     /// The directory of the config file (modules resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,

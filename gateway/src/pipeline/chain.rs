@@ -131,6 +131,23 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// Take over what `old` (the same pipeline before a reload) built up:
+    /// its counters, and each same-named stage's counters and, when the
+    /// stage is unchanged, its state. Returns the stages whose state was
+    /// kept.
+    pub fn carry_over(&mut self, old: &mut Pipeline) -> Vec<String> {
+        self.metrics = old.metrics.clone();
+        let mut kept = Vec::new();
+        for s in &mut self.stages {
+            if let Some(o) = old.stages.iter_mut().find(|o| o.name() == s.name())
+                && s.carry_over(o)
+            {
+                kept.push(s.name().to_string());
+            }
+        }
+        kept
+    }
+
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.name

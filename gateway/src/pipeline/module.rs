@@ -25,6 +25,8 @@ pub struct ModuleInfo {
     pub name: String,
     /// Size of the Wasm binary.
     pub size_bytes: usize,
+    /// SHA-256 of the Wasm binary, hex (what a reload compares).
+    pub sha256: String,
     /// The ABI version from the `weir_abi_v<N>` marker, if any.
     pub abi_version: Option<u32>,
     /// Imports as `(module, name, signature)`.
@@ -77,7 +79,12 @@ impl CompiledModule {
     pub(crate) fn new(rt: &Runtime, name: &str, wasm: &[u8]) -> Result<Self, LoadError> {
         let module =
             Module::new(rt.engine(), wasm).map_err(|e| LoadError::Invalid(e.to_string()))?;
-        let info = describe(name, wasm.len(), &module);
+        let mut info = describe(name, wasm.len(), &module);
+        info.sha256 = ring::digest::digest(&ring::digest::SHA256, wasm)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(CompiledModule { module, info })
     }
 
@@ -142,6 +149,7 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
     let mut info = ModuleInfo {
         name: name.into(),
         size_bytes: size,
+        sha256: String::new(),
         abi_version: None,
         imports: vec![],
         exports: vec![],

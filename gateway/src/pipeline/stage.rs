@@ -140,6 +140,46 @@ impl Stage {
         &self.metrics
     }
 
+    /// The stage's own name (the label without its pipeline).
+    pub fn name(&self) -> &str {
+        self.label.rsplit('/').next().unwrap_or(&self.label)
+    }
+
+    /// Where the module came from.
+    pub fn module_path(&self) -> &str {
+        &self.spec.module.info().name
+    }
+
+    /// SHA-256 of the module's bytes, hex.
+    pub fn module_sha256(&self) -> &str {
+        &self.spec.module.info().sha256
+    }
+
+    /// Whether `other` runs the same module with the same grants,
+    /// isolation and config: its key/value state means the same here.
+    pub fn same_as(&self, other: &Stage) -> bool {
+        let (a, b) = (&self.spec, &other.spec);
+        a.module.info().sha256 == b.module.info().sha256
+            && a.grants == b.grants
+            && a.isolation == b.isolation
+            && a.config == b.config
+    }
+
+    /// Take over what `old` built up: its counters always (they count
+    /// per stage name, across versions), and its key/value state when it
+    /// runs the same module ([`Stage::same_as`]). Returns whether the
+    /// state was kept.
+    pub fn carry_over(&mut self, old: &mut Stage) -> bool {
+        let mut m = old.metrics.clone();
+        m.instantiations += self.metrics.instantiations;
+        self.metrics = m;
+        let same = self.same_as(old);
+        if same {
+            self.store.data_mut().kv = std::mem::take(&mut old.store.data_mut().kv);
+        }
+        same
+    }
+
     /// Fuel used by the last record.
     pub fn last_fuel(&self) -> u64 {
         self.last_fuel

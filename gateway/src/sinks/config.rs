@@ -24,6 +24,17 @@ pub enum SinkType {
     Stdout,
 }
 
+impl SinkType {
+    /// The name used in configs, status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkType::Mqtt => "mqtt",
+            SinkType::File => "file",
+            SinkType::Stdout => "stdout",
+        }
+    }
+}
+
 /// What a sink receives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

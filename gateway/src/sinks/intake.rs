@@ -80,14 +80,7 @@ impl Intake {
         stopping: Arc<AtomicBool>,
     ) -> Intake {
         Intake {
-            routes: sinks
-                .iter()
-                .map(|(c, q)| Route {
-                    queue: q.clone(),
-                    pipelines: c.pipelines.clone(),
-                    include: c.include,
-                })
-                .collect(),
+            routes: Self::routes(sinks),
             acks: Vec::new(),
             since_submit: 0,
             syncer,
@@ -98,6 +91,24 @@ impl Intake {
             low: store.writer(),
             store,
         }
+    }
+
+    fn routes(sinks: &[(SinkConfig, Arc<Queue>)]) -> Vec<Route> {
+        sinks
+            .iter()
+            .map(|(c, q)| Route {
+                queue: q.clone(),
+                pipelines: c.pipelines.clone(),
+                include: c.include,
+            })
+            .collect()
+    }
+
+    /// Route to the sinks of a reloaded config (between inputs: the
+    /// same queues, maybe other pipelines or kinds each).
+    pub fn set_sinks(&mut self, sinks: &[(SinkConfig, Arc<Queue>)]) {
+        debug_assert!(self.puts.is_empty());
+        self.routes = Self::routes(sinks);
     }
 
     /// Handle one item from the sources. Its acknowledgement is held until
@@ -278,6 +289,8 @@ pub struct SyncMetrics {
     pub failures: AtomicU64,
     /// Times the store was reopened after a failed sync.
     pub reopens: AtomicU64,
+    /// How long each successful sync took.
+    pub sync_time: crate::metrics::Seconds,
 }
 
 /// The longest wait between sync retries on a failing disk: how long
@@ -306,8 +319,10 @@ pub fn run_syncer(
         let mut failed = false;
         let mut reopen_error = String::new();
         loop {
+            let began = std::time::Instant::now();
             match store.sync(upto) {
                 Ok(()) => {
+                    metrics.sync_time.observe(began.elapsed());
                     if failed {
                         tracing::info!("store sync works again; acknowledging what waited");
                     }

@@ -135,12 +135,14 @@ pub async fn run(
                 Err(e) => {
                     tracing::error!(sink = %cfg.name, path = %path.display(), error = %e,
                         "cannot open the sink's file; its queue keeps the records");
+                    metrics.health.down(format!("{}: {e}", path.display()));
                     return;
                 }
             }
         }
         _ => Out::Stdout(BufWriter::new(std::io::stdout())),
     };
+    metrics.health.up();
     let mut selector = Selector::new(cfg.live_first);
     selector.rewind(store.next_seq());
     let mut rate = Rate::new(cfg.rate);
@@ -181,17 +183,20 @@ pub async fn run(
                 });
                 match written.and_then(|()| out.flush()) {
                     Ok(()) => {
+                        metrics.health.up();
                         if std::mem::take(&mut failing) {
                             tracing::info!(sink = %cfg.name, "sink writes again");
                         }
                         for e in &batch {
                             queue.delivered(e.seq);
+                            metrics.latency.since_ms(e.enqueued_ms, 1);
                         }
                         metrics.records.fetch_add(batch.len() as u64, Relaxed);
                         metrics.bytes.fetch_add(bytes as u64, Relaxed);
                         rate.spend(Instant::now(), batch.len(), bytes);
                     }
                     Err(e) => {
+                        metrics.health.down(e.to_string());
                         if !failing {
                             metrics.outages.fetch_add(1, Relaxed);
                             tracing::error!(sink = %cfg.name, error = %e,

@@ -44,6 +44,10 @@ pub struct SinkMetrics {
     pub connects: AtomicU64,
     /// Times the sink became unreachable (each logged once).
     pub outages: AtomicU64,
+    /// Up, down (and why), restarts.
+    pub health: crate::metrics::Health,
+    /// From entering the buffer to delivered (PUBACK, or written).
+    pub latency: crate::metrics::Seconds,
 }
 
 /// Turns entries into topics and payloads.
@@ -62,6 +66,8 @@ pub struct Render {
 pub struct Rendered {
     /// The entry's sequence number.
     pub seq: u64,
+    /// When it entered the buffer, ms since the Unix epoch.
+    pub enqueued_ms: u64,
     /// Where it goes (MQTT).
     pub topic: String,
     /// The record as JSON (CBOR is encoded from it).
@@ -148,6 +154,7 @@ impl Render {
         }
         Rendered {
             seq: e.seq,
+            enqueued_ms: e.enqueued_ms,
             topic,
             value,
             refused,

@@ -27,6 +27,8 @@ use crate::store::{Queue, Store};
 /// One publish: its entries, payload size, and when it went out.
 struct Publish {
     seqs: Vec<u64>,
+    /// The oldest entry's enqueue time (ms since the epoch).
+    enqueued_ms: u64,
     bytes: usize,
     sent_at: Option<Instant>,
 }
@@ -86,9 +88,10 @@ pub async fn run(
     // The client and its event loop, made and dropped together.
     let mut conn = connect(false);
     if conn.is_none() {
+        metrics.health.down("its TLS files cannot be used");
         down_since = Some(Instant::now());
         metrics.outages.fetch_add(1, Relaxed);
-        retry_at = Some(Instant::now() + backoff);
+        retry_at = Some(Instant::now() + crate::common::backoff::jittered(backoff));
     }
     let render = Render::new(&cfg, &gateway_id);
     let mut selector = Selector::new(cfg.live_first);
@@ -184,8 +187,10 @@ pub async fn run(
                     }
                     used += 1;
                     rate.spend(Instant::now(), seqs.len(), bytes);
+                    let enqueued_ms = group.iter().map(|r| r.enqueued_ms).min().unwrap_or(0);
                     requested.push_back(Publish {
                         seqs,
+                        enqueued_ms,
                         bytes,
                         sent_at: None,
                     });
@@ -230,7 +235,7 @@ pub async fn run(
                         attempts_down += 1;
                         conn = connect(true);
                         if conn.is_none() {
-                            retry_at = Some(Instant::now() + backoff);
+                            retry_at = Some(Instant::now() + crate::common::backoff::jittered(backoff));
                             backoff = (backoff * 2).min(Duration::from_secs(30));
                         }
                     }
@@ -249,6 +254,7 @@ pub async fn run(
                 connected = true;
                 backoff = Duration::from_millis(250);
                 metrics.connects.fetch_add(1, Relaxed);
+                metrics.health.up();
                 selector.rewind(store.next_seq());
                 next_summary = None;
                 attempts_down = 0;
@@ -279,6 +285,7 @@ pub async fn run(
                     }
                     metrics.records.fetch_add(p.seqs.len() as u64, Relaxed);
                     metrics.bytes.fetch_add(p.bytes as u64, Relaxed);
+                    metrics.latency.since_ms(p.enqueued_ms, p.seqs.len());
                 }
             }
             Ok(_) => {}
@@ -323,6 +330,7 @@ pub async fn run(
                 }
                 if down_since.is_none() {
                     down_since = Some(Instant::now());
+                    metrics.health.down(explain(&e));
                     if !blamed {
                         metrics.outages.fetch_add(1, Relaxed);
                         next_summary = Some(Instant::now() + SUMMARY_EVERY);
@@ -337,7 +345,7 @@ pub async fn run(
                 if let Some((c, _)) = conn.take() {
                     let _ = c.try_disconnect();
                 }
-                retry_at = Some(Instant::now() + backoff);
+                retry_at = Some(Instant::now() + crate::common::backoff::jittered(backoff));
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }

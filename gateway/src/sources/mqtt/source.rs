@@ -125,6 +125,8 @@ pub struct MqttMetrics {
     pub ack_failures: Arc<AtomicU64>,
     /// Malformed messages, by kind.
     pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
+    /// Up, down (and why), restarts.
+    pub health: crate::metrics::Health,
 }
 
 /// Capacity of the client's request queue.
@@ -374,6 +376,7 @@ impl Reconnect {
 
     fn connected(&mut self, h: &Handler, session_present: bool) {
         h.metrics.connects.fetch_add(1, Relaxed);
+        h.metrics.health.up();
         let cfg = &h.cfg;
         self.tls_logged = None;
         let outage = self.outage.take();
@@ -411,6 +414,7 @@ impl Reconnect {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let now = std::time::Instant::now();
+        h.metrics.health.down(error.clone());
         if !self.down {
             self.down = true;
             h.metrics.outages.fetch_add(1, Relaxed);
@@ -436,7 +440,7 @@ impl Reconnect {
             self.tls_logged = Some(error);
         }
         let stop = tokio::select! {
-            _ = tokio::time::sleep(self.backoff) => false,
+            _ = tokio::time::sleep(crate::common::backoff::jittered(self.backoff)) => false,
             _ = shutdown.changed() => true,
         };
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));

@@ -122,6 +122,10 @@ pub struct SerialMetrics {
     pub dropped_full: AtomicU64,
     /// Rejected input, by kind (`crc`, `malformed`, ...).
     pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
+    /// Times the device was opened.
+    pub opens: AtomicU64,
+    /// Up, down (and why), restarts.
+    pub health: crate::metrics::Health,
 }
 
 impl SerialMetrics {
@@ -231,6 +235,7 @@ pub async fn run(
         let mut port = match port {
             Ok(p) => p,
             Err(e) => {
+                metrics.health.down(format!("{}: {e}", cfg.path));
                 if !down {
                     down = true;
                     metrics.outages.fetch_add(1, Relaxed);
@@ -238,7 +243,7 @@ pub async fn run(
                         "serial device unavailable; retrying with backoff until it returns");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(crate::common::backoff::jittered(backoff)) => {}
                     _ = shutdown.changed() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -251,6 +256,8 @@ pub async fn run(
             tracing::info!(source = %cfg.name, path = %cfg.path, baud = cfg.baud, "serial device open");
         }
         backoff = Duration::from_millis(100);
+        metrics.opens.fetch_add(1, Relaxed);
+        metrics.health.up();
         deframer.reset();
         loop {
             let n = tokio::select! {
@@ -265,6 +272,7 @@ pub async fn run(
                 Ok(n) => n,
                 Err(e) => {
                     down = true;
+                    metrics.health.down(format!("{}: {e}", cfg.path));
                     metrics.outages.fetch_add(1, Relaxed);
                     tracing::warn!(source = %cfg.name, path = %cfg.path, error = %e,
                         "serial device lost; retrying with backoff until it returns");

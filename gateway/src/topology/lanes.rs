@@ -1,0 +1,361 @@
+//! The pipeline threads. With one pipeline, it runs on the thread that
+//! takes the input ([`drain`]). With several, a dispatcher hands each
+//! record to the pipelines that take it, each on a thread of its own with
+//! a share of the record's acknowledgement ([`dispatch`]), so a slow
+//! pipeline stalls only itself.
+//!
+//! A reload reaches them as a [`Swap`] on their control channel and is
+//! applied between two records: the record being processed finishes on
+//! the old version, the next one runs on the new; nothing is processed
+//! twice or skipped.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::metrics::Registry;
+use crate::routing::{Route, Router};
+use crate::sinks::SinkConfig;
+use crate::sinks::intake::{Intake, Pending};
+use crate::sources::Item;
+use crate::store::{Queue, Store};
+
+/// How long the pipelines keep draining their input after a stop signal
+/// before leaving the rest unacknowledged.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(5);
+
+/// Records a pipeline's own channel holds (a thread per pipeline).
+pub const LANE_CAPACITY: usize = 256;
+
+/// How often a pipeline thread copies its counters to the registry.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// New pipelines for a running thread.
+pub struct Swap {
+    /// The new pipelines (for a lane: its one pipeline).
+    pub router: Router,
+    /// The sinks and their queues, as the new config routes to them.
+    pub sinks: Vec<(SinkConfig, Arc<Queue>)>,
+    /// Told once the swap is applied: `(pipeline, stages whose state was kept)`.
+    pub done: std_mpsc::Sender<Vec<(String, Vec<String>)>>,
+}
+
+/// What every pipeline thread shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub syncer: std_mpsc::Sender<Pending>,
+    pub stopping: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
+    pub sync_every: Duration,
+}
+
+impl Shared {
+    fn intake(&self, sinks: &[(SinkConfig, Arc<Queue>)]) -> Intake {
+        let intake = Intake::new(
+            self.store.clone(),
+            sinks,
+            self.syncer.clone(),
+            self.stopping.clone(),
+        );
+        self.registry.intake(intake.metrics.clone());
+        intake
+    }
+}
+
+/// Either an input or a swap; `None`: the input is closed.
+enum Next {
+    Item(Item),
+    Swap(Swap),
+    Timeout,
+    Closed,
+}
+
+/// Wait for the next input or swap, on `rt` (a current-thread runtime of
+/// the calling thread), up to `until`.
+fn next(
+    rt: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Item>,
+    ctl: &mut mpsc::UnboundedReceiver<Swap>,
+    until: Option<Instant>,
+) -> Next {
+    if let Ok(s) = ctl.try_recv() {
+        return Next::Swap(s);
+    }
+    match rx.try_recv() {
+        Ok(item) => return Next::Item(item),
+        Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
+        Err(mpsc::error::TryRecvError::Empty) => {}
+    }
+    rt.block_on(async {
+        let wait = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(s) = ctl.recv() => Next::Swap(s),
+            item = rx.recv() => item.map_or(Next::Closed, Next::Item),
+            () = wait => Next::Timeout,
+        }
+    })
+}
+
+fn timer() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a timer runtime")
+}
+
+/// Drop what is left in `rx` after the drain budget, and say so once.
+fn abandon(rx: &mut mpsc::Receiver<Item>, intake: &Intake, already: u64) {
+    let mut left = already;
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        left += 1;
+        drop(item);
+    }
+    if left > 0 {
+        intake.metrics.abandoned.fetch_add(left, Relaxed);
+        tracing::warn!(
+            inputs = left,
+            budget_s = DRAIN_BUDGET.as_secs(),
+            "stopping: inputs left unprocessed after the drain budget; MQTT brokers redeliver them, serial ones are lost"
+        );
+    }
+}
+
+/// Whether the drain budget is spent.
+fn over_budget(stopping: &AtomicBool, seen: &mut Option<Instant>) -> bool {
+    stopping.load(Relaxed) && seen.get_or_insert_with(Instant::now).elapsed() >= DRAIN_BUDGET
+}
+
+/// One pipeline thread's loop: take inputs, run them through `router`,
+/// put the output into the queues, and close a batch when the input runs
+/// dry (`sync_every = 0`) or `sync_every` has passed. Returns the router
+/// (for its counters).
+pub fn drain(
+    mut rx: mpsc::Receiver<Item>,
+    mut ctl: mpsc::UnboundedReceiver<Swap>,
+    sinks: Vec<(SinkConfig, Arc<Queue>)>,
+    mut router: Router,
+    shared: Shared,
+) -> Router {
+    let mut intake = shared.intake(&sinks);
+    let every = shared.sync_every;
+    let rt = timer();
+    let mut last = Instant::now();
+    let mut published = Instant::now();
+    let mut stop_seen: Option<Instant> = None;
+    loop {
+        // Shutdown is bounded: after DRAIN_BUDGET the inputs still
+        // waiting are left unacknowledged (an MQTT broker redelivers
+        // them; serial ones are lost, and counted).
+        if over_budget(&shared.stopping, &mut stop_seen) {
+            abandon(&mut rx, &intake, 0);
+            break;
+        }
+        let until = (!every.is_zero() && intake.has_pending()).then(|| last + every);
+        let item = match next(&rt, &mut rx, &mut ctl, until) {
+            Next::Item(item) => item,
+            Next::Swap(s) => {
+                let mut new = s.router;
+                let kept = new.carry_over(&mut router);
+                router = new;
+                intake.set_sinks(&s.sinks);
+                shared.registry.publish_pipelines(&router);
+                let _ = s.done.send(kept);
+                continue;
+            }
+            Next::Timeout => {
+                intake.submit();
+                last = Instant::now();
+                continue;
+            }
+            Next::Closed => break,
+        };
+        intake.handle(&mut router, item);
+        let due = if every.is_zero() {
+            rx.is_empty()
+        } else {
+            last.elapsed() >= every
+        };
+        if due {
+            intake.submit();
+            last = Instant::now();
+            if published.elapsed() >= PUBLISH_EVERY {
+                shared.registry.publish_pipelines(&router);
+                published = Instant::now();
+            }
+        }
+    }
+    intake.submit();
+    shared.registry.publish_pipelines(&router);
+    router
+}
+
+/// A pipeline on a thread of its own.
+struct Lane {
+    name: String,
+    route: Route,
+    tx: mpsc::Sender<Item>,
+    ctl: mpsc::UnboundedSender<Swap>,
+    thread: std::thread::JoinHandle<Router>,
+}
+
+impl Lane {
+    fn spawn(
+        router: Router,
+        route: Route,
+        sinks: &[(SinkConfig, Arc<Queue>)],
+        shared: &Shared,
+        capacity: usize,
+    ) -> std::io::Result<Lane> {
+        let name = router
+            .pipelines()
+            .next()
+            .map(|p| p.name().to_string())
+            .unwrap_or_default();
+        let (tx, rx) = mpsc::channel::<Item>(capacity.clamp(1, LANE_CAPACITY));
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let (sinks, shared) = (sinks.to_vec(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("pipeline-{name}"))
+            .spawn(move || drain(rx, ctl_rx, sinks, router, shared))?;
+        Ok(Lane {
+            name,
+            route,
+            tx,
+            ctl,
+            thread,
+        })
+    }
+}
+
+/// The dispatcher of a thread per pipeline: each record goes to the
+/// pipelines that take it, each with a share of its acknowledgement and
+/// its own redelivery marker; source dead letters and records no pipeline
+/// takes go through its own intake. A swap may add pipelines (new
+/// threads), remove them (their threads finish what they hold on the old
+/// version) or change them. Returns the pipelines, joined (for the report).
+pub fn dispatch(
+    mut rx: mpsc::Receiver<Item>,
+    mut ctl: mpsc::UnboundedReceiver<Swap>,
+    mut sinks: Vec<(SinkConfig, Arc<Queue>)>,
+    router: Router,
+    shared: Shared,
+    capacity: usize,
+) -> std::io::Result<Router> {
+    let mut lanes = Vec::new();
+    for (route, r) in router.split() {
+        lanes.push(Lane::spawn(r, route, &sinks, &shared, capacity)?);
+    }
+    let mut retired: Vec<std::thread::JoinHandle<Router>> = Vec::new();
+    let mut intake = shared.intake(&sinks);
+    let mut none = Router::empty();
+    let rt = timer();
+    let mut stop_seen: Option<Instant> = None;
+    loop {
+        if over_budget(&shared.stopping, &mut stop_seen) {
+            abandon(&mut rx, &intake, 0);
+            break;
+        }
+        let item = match next(&rt, &mut rx, &mut ctl, None) {
+            Next::Item(item) => item,
+            Next::Swap(s) => {
+                let mut new = s.router;
+                let mut kept = Vec::new();
+                let mut next_lanes = Vec::new();
+                for (name, route) in new.routes() {
+                    let Some(r) = new.take(&name) else { continue };
+                    match lanes.iter().position(|l: &Lane| l.name == name) {
+                        Some(i) => {
+                            let mut lane = lanes.remove(i);
+                            let (done, wait) = std_mpsc::channel();
+                            let swap = Swap {
+                                router: r,
+                                sinks: s.sinks.clone(),
+                                done,
+                            };
+                            if lane.ctl.send(swap).is_ok() {
+                                kept.extend(wait.recv().unwrap_or_default());
+                            }
+                            lane.route = route;
+                            next_lanes.push(lane);
+                        }
+                        None => match Lane::spawn(r, route, &s.sinks, &shared, capacity) {
+                            Ok(lane) => next_lanes.push(lane),
+                            Err(e) => tracing::error!(pipeline = %name, error = %e,
+                                "cannot start a thread for the reloaded pipeline; it does not run"),
+                        },
+                    }
+                }
+                // Removed pipelines finish what they hold, on their version.
+                for lane in lanes.drain(..) {
+                    drop(lane.tx);
+                    retired.push(lane.thread);
+                }
+                lanes = next_lanes;
+                sinks = s.sinks;
+                intake.set_sinks(&sinks);
+                let _ = s.done.send(kept);
+                continue;
+            }
+            Next::Timeout => continue,
+            Next::Closed => break,
+        };
+        match item {
+            Item::Record {
+                record,
+                ack,
+                origin,
+            } => {
+                let to: Vec<usize> = (0..lanes.len())
+                    .filter(|&i| lanes[i].route.accepts(&record.source, &record.topic))
+                    .collect();
+                if to.is_empty() {
+                    let item = Item::Record {
+                        record,
+                        ack,
+                        origin,
+                    };
+                    intake.handle(&mut none, item);
+                } else {
+                    let mut shares = ack.map(|a| a.split(to.len()));
+                    for &i in &to {
+                        let lane = &lanes[i];
+                        let origin = origin.clone().map(|mut o| {
+                            o.lane = lane.name.clone();
+                            o
+                        });
+                        let item = Item::Record {
+                            record: record.clone(),
+                            ack: shares.as_mut().and_then(Vec::pop),
+                            origin,
+                        };
+                        // Blocks only while that pipeline's own channel is full.
+                        let _ = lane.tx.blocking_send(item);
+                    }
+                }
+            }
+            rejected => intake.handle(&mut none, rejected),
+        }
+        if rx.is_empty() && intake.has_pending() {
+            intake.submit();
+        }
+    }
+    intake.submit();
+    let mut parts = vec![none];
+    for lane in lanes {
+        drop(lane.tx);
+        retired.push(lane.thread);
+    }
+    parts.extend(retired.into_iter().filter_map(|t| t.join().ok()));
+    Ok(Router::join(parts))
+}
