@@ -2,10 +2,55 @@
 //! it takes (none: all) and MQTT-style topic filters (none: all topics);
 //! one record can feed several pipelines.
 
+use crate::common::topic::topic_matches;
 use crate::config::Config;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use crate::pipeline::chain::BuildError;
-use crate::pipeline::{Pipeline, PipelineOutput, Runtime};
+use crate::pipeline::{Pipeline, PipelineOutput, Runtime, Stage, StageSpec};
 use crate::record::Record;
+
+/// Build every pipeline of a config. Each module file is compiled once,
+/// however many stages use it.
+pub fn build_pipelines(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, Box<BuildError>> {
+    let mut compiled: HashMap<PathBuf, crate::pipeline::CompiledModule> = HashMap::new();
+    let mut out = Vec::new();
+    for p in &cfg.pipelines {
+        let mut stages = Vec::new();
+        for s in &p.stages {
+            let path = cfg.module_path(s);
+            let err = |source| {
+                Box::new(BuildError {
+                    pipeline: p.name.clone(),
+                    stage: s.name.clone(),
+                    module: path.display().to_string(),
+                    source,
+                })
+            };
+            let module = match compiled.get(&path) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = rt.compile_file(&path).map_err(err)?;
+                    compiled.insert(path.clone(), m.clone());
+                    m
+                }
+            };
+            let spec = StageSpec {
+                label: format!("{}/{}", p.name, s.name),
+                module,
+                grants: s.grants.clone(),
+                limits: cfg.stage_limits(p, s),
+                isolation: s.isolation,
+                config: serde_cbor::to_vec(&s.config).expect("a TOML table serializes"),
+                quarantine_after: p.quarantine_after,
+            };
+            stages.push(Stage::new(spec).map_err(err)?);
+        }
+        out.push(Pipeline::new(p.name.clone(), stages, p.on_error));
+    }
+    Ok(out)
+}
 
 /// Every pipeline with its route: hands each record to the pipelines that
 /// take it.
@@ -17,7 +62,7 @@ pub struct Router {
 impl Router {
     /// Build every pipeline of a config with its route.
     pub fn from_config(cfg: &Config, rt: &Runtime) -> Result<Router, Box<BuildError>> {
-        let pipelines = Pipeline::build_all(cfg, rt)?;
+        let pipelines = build_pipelines(cfg, rt)?;
         let routes = cfg.pipelines.iter().map(|p| Route {
             sources: p.sources.clone(),
             topics: p.topics.clone(),
@@ -111,39 +156,6 @@ impl Router {
     }
 }
 
-/// Whether MQTT topic filter `filter` matches `topic`: `+` matches one level,
-/// `#` (last) matches any number of levels, including none.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether `filter` is a valid MQTT topic filter.
-pub fn valid_filter(filter: &str) -> Result<(), &'static str> {
-    if filter.is_empty() {
-        return Err("a topic filter cannot be empty");
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err("'#' must be a whole level and the last one");
-        }
-        if level.contains('+') && *level != "+" {
-            return Err("'+' must be a whole level");
-        }
-    }
-    Ok(())
-}
-
 /// Which records a pipeline takes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Route {
@@ -164,34 +176,6 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filters_match_like_mqtt() {
-        for (filter, topic, want) in [
-            ("sensors/+/telemetry", "sensors/s1/telemetry", true),
-            ("sensors/+/telemetry", "sensors/s1/status", false),
-            ("sensors/+/telemetry", "sensors/a/b/telemetry", false),
-            ("sensors/#", "sensors", true),
-            ("sensors/#", "sensors/a/b", true),
-            ("#", "anything/at/all", true),
-            ("a/b", "a/b", true),
-            ("a/b", "a/b/c", false),
-            ("a/+", "a/", true),
-            ("+/+", "a", false),
-        ] {
-            assert_eq!(topic_matches(filter, topic), want, "{filter} {topic}");
-        }
-    }
-
-    #[test]
-    fn invalid_filters_are_refused() {
-        for bad in ["", "a/#/b", "a#", "a/b+", "+x/y"] {
-            assert!(valid_filter(bad).is_err(), "{bad}");
-        }
-        for good in ["#", "+", "a/+/b/#", "sensors/s1/telemetry"] {
-            assert!(valid_filter(good).is_ok(), "{good}");
-        }
-    }
 
     #[test]
     fn routes_combine_sources_and_topics() {

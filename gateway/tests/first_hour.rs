@@ -484,7 +484,9 @@ fn errors_say_each_cause_once() {
     );
     let serving = Serve::start(&config);
     assert!(serving.wait_log("weir is serving"), "{}", serving.log());
-    let out = weir(&["store", "inspect", "-c", config.to_str().unwrap()]);
+    // `inspect` asks the daemon (tests/operate.rs); `verify` reads every
+    // entry, so it needs the store to itself.
+    let out = weir(&["store", "verify", "-c", config.to_str().unwrap()]);
     serving.stop();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -625,12 +627,12 @@ fn stats_every_zero_turns_the_stats_lines_off() {
         assert!(weir.wait_log("weir is serving"), "{}", weir.log());
         // Bounded wait: with stats on, lines come every 50 ms.
         let deadline = Instant::now() + patience(1).max(Duration::from_millis(600));
-        while Instant::now() < deadline && !weir.log().contains("serve: buffer sink=") {
+        while Instant::now() < deadline && !weir.log().contains("topology: buffer sink=") {
             std::thread::sleep(Duration::from_millis(20));
         }
         let log = weir.stop();
         assert_eq!(
-            log.contains("serve: buffer sink="),
+            log.contains("topology: buffer sink="),
             lines,
             "--stats-every {every}: {log}"
         );

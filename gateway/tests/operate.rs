@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Mosquitto, Serve, free_port, patience};
+use common::{FreezableDisk, Mosquitto, Serve, Sub, free_port, patience};
 
 /// Keep one record in `EVERY` (per topic, counted in the stage's state).
 const EVERY: u64 = 7;
@@ -18,6 +18,11 @@ const EVERY: u64 = 7;
 /// stateful) then `mark` (`mark` is the module of the second stage), a
 /// durable file sink, and `/metrics` on `metrics_port`.
 fn config(dir: &Path, port: u16, metrics_port: u16, mark: &str) -> PathBuf {
+    config_with(dir, port, metrics_port, mark, "")
+}
+
+/// [`config`] with `extra` appended (more sinks, `[status]`).
+fn config_with(dir: &Path, port: u16, metrics_port: u16, mark: &str, extra: &str) -> PathBuf {
     let text = format!(
         r#"
 [gateway]
@@ -53,6 +58,7 @@ name = "p"
 name = "out"
 type = "file"
 path = {out:?}
+{extra}
 "#,
         modules = testkit::modules_dir().display().to_string(),
         store = dir.join("store").display().to_string(),
@@ -310,4 +316,484 @@ fn metrics_are_scraped_over_http_and_match_what_was_sent() {
     // Anything but GET /metrics gets a clear answer, not a hang.
     assert_eq!(http_get(metrics_port, "/").0, "HTTP/1.1 404 Not Found");
     weir.stop();
+}
+
+/// `weir ARGS`: (exit code, stdout, stderr).
+fn weir(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_top_and_store_inspect_read_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d, free_port());
+    let cfg = config(d, broker.port, free_port(), PASS);
+    let c = cfg.to_str().unwrap();
+    let weir_serve = Serve::start(&cfg);
+    assert!(
+        weir_serve.wait_log("MQTT subscribed"),
+        "{}",
+        weir_serve.log()
+    );
+    const N: u64 = 700;
+    stream(broker.port, N, 5_000).join().unwrap();
+    let kept = N.div_ceil(EVERY);
+    wait_out(d, kept as usize, &weir_serve);
+
+    // --json: the registry's snapshot, settled at what was sent.
+    let deadline = Instant::now() + patience(20);
+    let snap = loop {
+        let (code, out, err) = weir(&["status", "--config", c, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["pipelines"][0]["records_in"] == N && v["sinks"][0]["delivered"] == kept {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(snap["gateway"], "gw-op");
+    assert_eq!(snap["sources"][0]["name"], "local");
+    assert_eq!(snap["sources"][0]["state"], "up");
+    assert_eq!(snap["sources"][0]["records"], N);
+    assert_eq!(snap["pipelines"][0]["stages"][0]["name"], "thin");
+    assert_eq!(
+        snap["pipelines"][0]["stages"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_eq!(snap["sinks"][0]["name"], "out");
+    assert_eq!(snap["sinks"][0]["queued"], 0);
+    assert_eq!(snap["store"]["durable"], true);
+
+    // The human view names every part.
+    let (code, out, err) = weir(&["status", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    for part in [
+        "gw-op",
+        "local",
+        "mqtt",
+        "thin",
+        "c_downsample.wasm",
+        "out",
+        "file",
+        "up",
+    ] {
+        assert!(out.contains(part), "{part}: {out}");
+    }
+    assert!(out.contains(&format!("{N}")), "{out}");
+
+    // top: the same view with rates, refreshed; bounded by --count.
+    let (code, out, err) = weir(&["top", "--config", c, "--count", "2", "--every", "200ms"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("\x1b[2J").count(), 2, "{out}");
+    assert!(out.contains("0/s"), "the second refresh has rates: {out}");
+
+    // store inspect: the running daemon answers through the same socket.
+    let (code, out, err) = weir(&["store", "inspect", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("read from the running daemon"), "{out}");
+    let (code, out, err) = weir(&["store", "inspect", "--config", c, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["queues"][0]["sink"], "out");
+    assert_eq!(v["queues"][0]["entries"], 0);
+
+    // The socket is the service user's: 0660.
+    use std::os::unix::fs::PermissionsExt;
+    let sock = d.join("weir.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+
+    weir_serve.stop();
+    assert!(!sock.exists(), "a clean stop removes the socket");
+    let (code, _, err) = weir(&["status", "--config", c]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the daemon"), "{err}");
+}
+
+#[test]
+fn status_over_mqtt_is_retained_and_the_will_marks_a_dead_gateway_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d, free_port());
+    let extra = format!(
+        r#"
+[[sink]]
+name = "cloud"
+type = "mqtt"
+host = "127.0.0.1"
+port = {}
+topic = "cloud/{{gateway_id}}"
+
+[status]
+every = "1s"
+"#,
+        broker.port
+    );
+    let cfg = config_with(d, broker.port, free_port(), PASS, &extra);
+    let sub = Sub::start(broker.port, "status-watch", "weir/gw-op/status", &[]);
+    let weir_serve = Serve::start(&cfg);
+    let deadline = Instant::now() + patience(20);
+    let online =
+        loop {
+            let got = sub.got();
+            if let Some(m) = got.iter().rev().find(|m| {
+                m["state"] == "online" && m["sinks"].as_array().is_some_and(|s| s.len() == 2)
+            }) {
+                break m.clone();
+            }
+            assert!(Instant::now() < deadline, "{got:?}\n{}", weir_serve.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+    assert_eq!(online["gateway"], "gw-op");
+    let modules = online["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 2, "{online}");
+    assert_eq!(modules[0]["stage"], "thin");
+    assert_eq!(modules[0]["sha256"].as_str().unwrap().len(), 64);
+    assert!(online["sources"][0]["name"] == "local", "{online}");
+
+    // SIGKILL: the broker publishes the will.
+    let before = sub.got().len();
+    weir_serve.kill();
+    let got = sub.wait(before + 1, 20);
+    assert_eq!(got.last().unwrap()["state"], "offline", "{got:?}");
+
+    // Retained: a new watcher learns the state at once. A clean stop
+    // publishes "offline" itself.
+    let weir_serve = Serve::start(&cfg);
+    let late = Sub::start(broker.port, "late-watch", "weir/gw-op/status", &[]);
+    let got = late.wait(1, 10);
+    assert!(!got.is_empty());
+    let deadline = Instant::now() + patience(20);
+    while late.got().last().unwrap()["state"] != "online" {
+        assert!(Instant::now() < deadline, "{:?}", late.got());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n = late.got().len();
+    weir_serve.stop();
+    let got = late.wait(n + 1, 10);
+    assert_eq!(got.last().unwrap()["state"], "offline", "{got:?}");
+    let fresh = Sub::start(broker.port, "fresh-watch", "weir/gw-op/status", &[]);
+    assert_eq!(fresh.wait(1, 10)[0]["state"], "offline");
+}
+
+#[test]
+fn the_watchdog_starves_while_the_sync_thread_is_stuck_on_a_frozen_disk() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = FreezableDisk::mount(&d.join("disk.img"), &d.join("disk"));
+    let broker = Mosquitto::start(d, free_port());
+    let cfg = config(d, broker.port, free_port(), PASS);
+    // The store on the freezable disk; the file sink and the socket not.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            &format!("path = {:?}", d.join("store").display().to_string()),
+            &format!("path = {:?}", disk.dir.join("store").display().to_string()),
+        )
+        .replace(
+            "[gateway]\n",
+            &format!(
+                "[gateway]\ncontrol = {:?}\n",
+                d.join("weir.sock").display().to_string()
+            ),
+        );
+    std::fs::write(&cfg, text).unwrap();
+
+    let notify = d.join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // systemd sets WATCHDOG_PID to the service's PID; `exec` keeps the
+    // shell's. WatchdogSec=2: fed every second, and a thread busy on one
+    // unit of work for over a second counts as stuck.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" serve --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "2000000");
+    let weir = Serve::spawn(cmd);
+    // Watchdog pings, with the time each came.
+    let pings = |for_: Duration| -> Vec<Instant> {
+        let mut got = Vec::new();
+        let end = Instant::now() + for_;
+        let mut buf = [0u8; 256];
+        while Instant::now() < end {
+            if let Ok(n) = sock.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1")
+            {
+                got.push(Instant::now());
+            }
+        }
+        got
+    };
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+    assert!(
+        pings(Duration::from_millis(2500)).len() >= 2,
+        "fed while healthy"
+    );
+
+    // The disk freezes: the next sync blocks inside fsync.
+    let thaw = disk.freeze();
+    let publisher = stream(broker.port, 50, 1_000);
+    let starved = pings(patience(5));
+    assert!(
+        weir.log().contains("not feeding the systemd watchdog"),
+        "{}",
+        weir.log()
+    );
+    assert!(weir.log().contains("thread=store-sync"), "{}", weir.log());
+    // At most the pings before the wedge was seen (about a second).
+    assert!(
+        starved.len() <= 2,
+        "still fed {} times while stuck",
+        starved.len()
+    );
+
+    // Thawed, it moves again and the watchdog is fed again.
+    drop(thaw);
+    publisher.join().unwrap();
+    assert!(weir.wait_log("moves again"), "{}", weir.log());
+    assert!(pings(Duration::from_millis(2500)).len() >= 2, "fed again");
+    wait_out(d, 50usize.div_ceil(EVERY as usize), &weir);
+    weir.stop();
+}
+
+#[test]
+fn secrets_from_the_environment_and_files_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::make_certs(d);
+    const SINK_PW: &str = "sink-Pw-Zq8-9731-secret";
+    const SOURCE_PW: &str = "source-Pw-5521-hidden";
+    const WRONG_PW: &str = "wrong-Pw-7788-mistyped";
+    let passwd = d.join("passwd");
+    for (user, pw, first) in [("sinkuser", SINK_PW, true), ("srcuser", SOURCE_PW, false)] {
+        let mut c = Command::new("mosquitto_passwd");
+        c.arg("-b");
+        if first {
+            c.arg("-c");
+        }
+        assert!(c.arg(&passwd).args([user, pw]).status().unwrap().success());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let broker = Mosquitto::start_with(
+        d,
+        free_port(),
+        &format!(
+            "{}password_file {}\n",
+            common::mtls_listener(d),
+            passwd.display()
+        ),
+    );
+    std::fs::write(d.join("source.pw"), format!("{SOURCE_PW}\n")).unwrap();
+    let tls = format!(
+        "tls = {{ ca = {ca:?}, cert = {cert:?}, key = {key:?} }}",
+        ca = d.join("ca.pem").display().to_string(),
+        cert = d.join("client.pem").display().to_string(),
+        key = d.join("client.key").display().to_string(),
+    );
+    let text = format!(
+        r#"
+[gateway]
+id = "gw-secret"
+modules_dir = {modules:?}
+[store]
+path = {store:?}
+[[source]]
+type = "mqtt"
+name = "local"
+host = "127.0.0.1"
+port = {port}
+client_id = "weir-secret-src"
+username = "srcuser"
+password_file = "source.pw"
+subscribe = [ {{ filter = "sensors/#", qos = 1 }} ]
+{tls}
+[[pipeline]]
+name = "p"
+  [[pipeline.stage]]
+  name = "pass"
+  {PASS}
+[[sink]]
+name = "cloud"
+type = "mqtt"
+host = "127.0.0.1"
+port = {port}
+username = "sinkuser"
+password = "${{WEIR_TEST_SINK_PASSWORD}}"
+topic = "cloud/{{gateway_id}}"
+{tls}
+"#,
+        modules = testkit::modules_dir().display().to_string(),
+        store = d.join("store").display().to_string(),
+        port = broker.port,
+    );
+    let cfg = d.join("weir.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let key = std::fs::read_to_string(d.join("client.key")).unwrap();
+    let key_lines: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut everything = String::new();
+
+    // Unset: refused, naming the variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .env_remove("WEIR_TEST_SINK_PASSWORD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("WEIR_TEST_SINK_PASSWORD") && err.contains("sink[0].password"),
+        "{err}"
+    );
+    everything += &err;
+
+    // Right passwords, trace level, JSON lines: records flow end to end.
+    let sub = Sub::start(
+        broker.port,
+        "secret-watch",
+        "cloud/#",
+        &common::client_tls_args(d)
+            .iter()
+            .map(String::as_str)
+            .chain(["-u", "sinkuser", "-P", SINK_PW])
+            .collect::<Vec<_>>(),
+    );
+    let serve = |pw: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .env("WEIR_TEST_SINK_PASSWORD", pw)
+        .env("WEIR_LOG", "trace");
+        Serve::spawn(cmd)
+    };
+    let weir = serve(SINK_PW);
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+    let pub_args: Vec<String> = common::client_tls_args(d)
+        .into_iter()
+        .chain(["-u".into(), "srcuser".into(), "-P".into(), SOURCE_PW.into()])
+        .collect();
+    let pub_args: Vec<&str> = pub_args.iter().map(String::as_str).collect();
+    broker.publish(
+        "mqttv311",
+        1,
+        "sensors/s1/telemetry",
+        &[r#"{"n":1}"#.into()],
+        &pub_args,
+    );
+    assert_eq!(sub.wait(1, 20).len(), 1, "{}", weir.log());
+    let log = weir.stop();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(
+            v["message"].is_string() || v["target"].is_string(),
+            "{line}"
+        );
+    }
+    // The connection attempts are logged at debug, with the user names.
+    assert!(log.contains(r#""level":"DEBUG""#), "{log}");
+    assert!(log.contains("sinkuser") && log.contains("srcuser"), "{log}");
+    everything += &log;
+
+    // A wrong password: refused by the broker, logged without it.
+    let weir = serve(WRONG_PW);
+    assert!(weir.wait_log("sink broker unreachable"), "{}", weir.log());
+    everything += &weir.stop();
+
+    for secret in [SINK_PW, SOURCE_PW, WRONG_PW].iter().chain(&key_lines) {
+        assert!(
+            !everything.contains(secret),
+            "a secret reached the logs: {secret}"
+        );
+    }
+}
+
+#[test]
+fn a_sink_task_that_ends_is_restarted_with_backoff_and_recovers() {
+    // Where the file sink's directory should be, there is a file: the
+    // sink cannot open its file and ends; the supervisor starts it again
+    // after a backoff, and once the way is clear it delivers what waited.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d, free_port());
+    let cfg = config(d, broker.port, free_port(), PASS);
+    let later = d.join("later");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("path = {:?}", d.join("out.jsonl").display().to_string()),
+        &format!("path = {:?}", later.join("out.jsonl").display().to_string()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&later, b"in the way").unwrap();
+    let c = cfg.to_str().unwrap();
+    let serve = Serve::start(&cfg);
+    assert!(serve.wait_log("MQTT subscribed"), "{}", serve.log());
+    stream(broker.port, 70, 1_000).join().unwrap();
+
+    let sink = |v: &serde_json::Value| v["sinks"][0].clone();
+    let deadline = Instant::now() + patience(20);
+    let down = loop {
+        let (code, out, err) = weir(&["status", "--config", c, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if sink(&v)["restarts"].as_u64().unwrap_or(0) >= 1 {
+            break sink(&v);
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(down["state"], "up", "{down}");
+    assert!(
+        serve
+            .log()
+            .contains("task stopped; restarting it after a backoff"),
+        "{}",
+        serve.log()
+    );
+    assert!(serve.log().contains("task=sink out"), "{}", serve.log());
+
+    std::fs::remove_file(&later).unwrap();
+    let deadline = Instant::now() + patience(30);
+    let up = loop {
+        let (_, out, _) = weir(&["status", "--config", c, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if sink(&v)["state"] == "up" && sink(&v)["delivered"] == 10 {
+            break sink(&v);
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(up["restarts"].as_u64().unwrap() >= 1, "{up}");
+    let lines = std::fs::read_to_string(later.join("out.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        10,
+        "every seventh of 70, nothing lost"
+    );
+    serve.stop();
 }

@@ -12,7 +12,7 @@ fn pipeline() -> Pipeline {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut cfg = Config::load(&root.join("pipelines/w1.toml")).unwrap();
     cfg.gateway.modules_dir = Some(testkit::modules_dir());
-    Pipeline::build_all(&cfg, &Runtime::new())
+    weir::routing::build_pipelines(&cfg, &Runtime::new())
         .unwrap()
         .remove(0)
 }

@@ -38,6 +38,9 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "procps",
     "mount",
+    // mkfs.ext4 and fsfreeze: the watchdog test freezes a loop-mounted ext4.
+    "e2fsprogs",
+    "util-linux",
 ];
 
 /// What the ARM builds and their qemu-user runs need. The cross compilers

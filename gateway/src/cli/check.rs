@@ -15,7 +15,7 @@ use clap::Args;
 
 use super::Failure;
 use crate::config::Config;
-use crate::pipeline::{Pipeline, Runtime};
+use crate::pipeline::Runtime;
 
 /// Arguments of `weir check`.
 #[derive(Args)]
@@ -47,7 +47,8 @@ pub(super) fn run(args: CheckArgs) -> Result<(), Failure> {
         }
     }
     let cfg = Config::load(&args.config).map_err(Failure::refused)?;
-    let pipelines = Pipeline::build_all(&cfg, &Runtime::new()).map_err(Failure::refused)?;
+    let pipelines =
+        crate::routing::build_pipelines(&cfg, &Runtime::new()).map_err(Failure::refused)?;
     let problems = cfg.check_files();
     let who = std::env::var(AS_USER_ENV)
         .ok()

@@ -8,6 +8,7 @@ mod module;
 pub(crate) mod output;
 mod run;
 mod serve;
+mod status;
 mod store;
 
 use std::process::ExitCode;
@@ -20,6 +21,25 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text`, or as one JSON object per line (`json`, for
+    /// journald and log shippers). Also `WEIR_LOG_FORMAT`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "WEIR_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target and the fields.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -34,9 +54,14 @@ enum Command {
     Check(check::CheckArgs),
     /// Run the gateway: sources, pipelines, the durable buffer, sinks.
     Serve(serve::ServeArgs),
-    /// Inspect, verify or compact the durable buffer (daemon stopped).
+    /// Inspect, verify or compact the durable buffer (`inspect` also asks
+    /// a running daemon; the others need it stopped).
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// A running gateway at a glance: sources, pipelines, modules, buffers, sinks.
+    Status(status::StatusArgs),
+    /// The `status` view, refreshed every second with rates.
+    Top(status::TopArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -100,13 +125,15 @@ pub fn main() -> ExitCode {
     limit_malloc_arenas();
     no_transparent_huge_pages();
     let cli = Cli::parse_from(help_help(std::env::args_os().collect()));
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Module(cmd) => module::run(cmd),
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Store(cmd) => store::run(cmd),
+        Command::Status(args) => status::status(args),
+        Command::Top(args) => status::top(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,7 +198,7 @@ const WEIR_MALLOC_ARENAS: libc::c_int = 1;
 /// `info`: a level, or `target=level` directives separated by commas
 /// (`info,weir::sinks=debug`). A filter that does not parse is reported
 /// once, and `info` is used.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::filter::Targets;
     let spec = std::env::var("WEIR_LOG")
         .ok()
@@ -183,13 +210,20 @@ fn init_logging() {
     };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(filter)
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let _ = if format == LogFormat::Json {
+        let json = fmt.json().flatten_event(true).with_current_span(false);
+        tracing_subscriber::registry()
+            .with(json)
+            .with(filter)
+            .try_init()
+    } else {
+        let text = fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        tracing_subscriber::registry()
+            .with(text)
+            .with(filter)
+            .try_init()
+    };
     if let Some(e) = bad {
         tracing::warn!(
             filter = spec.as_deref().unwrap_or_default(),

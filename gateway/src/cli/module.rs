@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{Failure, output};
-use crate::config::ByteSize;
+use crate::common::ByteSize;
 use crate::pipeline::{Grant, Isolation, Limits, Runtime, Stage, StageSpec};
 use crate::record::{JsonInput, now_ms};
 

@@ -201,6 +201,17 @@ fn buffer_of(sinks: &[SinkConfig], name: &str) -> BufferConfig {
 }
 
 fn inspect(a: &StoreArgs, verify: bool) -> Result<(), Failure> {
+    // A running daemon holds the store: ask it, through its control socket.
+    if !verify {
+        let cfg = Config::load(&a.config).map_err(Failure::refused)?;
+        let path = a.path.clone().unwrap_or_else(|| cfg.store_path());
+        if crate::store::in_use(&path) {
+            let socket = crate::topology::control::path_of(&cfg);
+            let summary = crate::topology::control::request(&socket, "inspect")?;
+            print_inspect(&summary, a.json, false);
+            return Ok(());
+        }
+    }
     // The inspected copy outlives the store opened on it: declared first,
     // dropped last.
     let _copy: Option<InspectCopy>;
@@ -237,53 +248,7 @@ fn inspect(a: &StoreArgs, verify: bool) -> Result<(), Failure> {
         "moved_aside": report.moved_aside.as_ref().map(|m| json!({"to": m.0.display().to_string(), "why": m.1})),
         "ok": !damage,
     });
-    if a.json {
-        println!("{summary}");
-    } else {
-        println!(
-            "store {} ({} bytes on disk, next seq {})",
-            path.display(),
-            store.size_on_disk(),
-            store.next_seq()
-        );
-        println!(
-            "{:<20} {:>10} {:>12} {:>12} {:>14} {:>8}",
-            "sink", "entries", "bytes", "max_bytes", "oldest_age_s", "damaged"
-        );
-        for r in summary["queues"].as_array().into_iter().flatten() {
-            println!(
-                "{:<20} {:>10} {:>12} {:>12} {:>14} {:>8}{}",
-                r["sink"].as_str().unwrap_or(""),
-                r["entries"],
-                r["bytes"],
-                r["max_bytes"],
-                r["oldest_age_s"]
-                    .as_f64()
-                    .map_or("-".into(), |s| format!("{s:.1}")),
-                r["damaged_kept"],
-                if r["configured"] == true {
-                    ""
-                } else {
-                    "  (no such sink configured)"
-                }
-            );
-        }
-        if verify || damage {
-            println!(
-                "integrity: {} damaged entries found, {} sequence numbers lost{}",
-                report.damaged,
-                report.lost_seqs,
-                report
-                    .moved_aside
-                    .as_ref()
-                    .map_or(String::new(), |m| format!(
-                        "; unopenable store moved to {} ({})",
-                        m.0.display(),
-                        m.1
-                    ))
-            );
-        }
-    }
+    print_inspect(&summary, a.json, verify || damage);
     if verify && damage {
         return Err(anyhow::anyhow!(
             "the store is damaged (details above); the intact entries are served"
@@ -291,6 +256,62 @@ fn inspect(a: &StoreArgs, verify: bool) -> Result<(), Failure> {
         .into());
     }
     Ok(())
+}
+
+/// Print an inspection summary (from a copy of the store, or from the
+/// running daemon): JSON, or a table; `integrity` adds the damage line.
+fn print_inspect(summary: &serde_json::Value, as_json: bool, integrity: bool) {
+    if as_json {
+        println!("{summary}");
+        return;
+    }
+    println!(
+        "store {} ({} bytes on disk, next seq {}){}",
+        summary["path"].as_str().unwrap_or("(in memory)"),
+        summary["size_on_disk"],
+        summary["next_seq"],
+        if summary["live"] == true {
+            ", read from the running daemon"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<20} {:>10} {:>12} {:>12} {:>14} {:>8}",
+        "sink", "entries", "bytes", "max_bytes", "oldest_age_s", "damaged"
+    );
+    for r in summary["queues"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:>10} {:>12} {:>12} {:>14} {:>8}{}",
+            r["sink"].as_str().unwrap_or(""),
+            r["entries"],
+            r["bytes"],
+            r["max_bytes"],
+            r["oldest_age_s"]
+                .as_f64()
+                .map_or("-".into(), |s| format!("{s:.1}")),
+            r["damaged_kept"],
+            if r["configured"] == true {
+                ""
+            } else {
+                "  (no such sink configured)"
+            }
+        );
+    }
+    if integrity {
+        println!(
+            "integrity: {} damaged entries found, {} sequence numbers lost{}",
+            summary["damaged_found"],
+            summary["lost_seqs"],
+            summary["moved_aside"]
+                .as_object()
+                .map_or(String::new(), |m| format!(
+                    "; unopenable store moved to {} ({})",
+                    m["to"].as_str().unwrap_or(""),
+                    m["why"].as_str().unwrap_or("")
+                ))
+        );
+    }
 }
 
 fn compact(a: &CompactArgs) -> Result<(), Failure> {

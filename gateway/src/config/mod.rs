@@ -4,7 +4,7 @@
 //! `serde_path_to_error`, semantic errors through [`Config::validate`].
 //! The reference of every key is in the README ("Configuration").
 
-mod size;
+pub mod secrets;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use size::{ByteSize, parse_size};
+pub use crate::common::{ByteSize, parse_size};
 
 use crate::pipeline::{ErrorPolicy, Grant, Isolation, Limits};
 
@@ -53,6 +53,9 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint (off unless present).
     #[serde(default)]
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// `[status]`: the retained status message over MQTT (off unless present).
+    #[serde(default)]
+    pub status: Option<crate::metrics::status::StatusConfig>,
     /// The directory of the config file (modules resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -70,6 +73,9 @@ pub struct GatewayConfig {
     pub id: String,
     /// Where relative module paths resolve (default: the config file's directory).
     pub modules_dir: Option<PathBuf>,
+    /// The control socket `weir status`, `weir top` and `weir store
+    /// inspect` talk to (default: `weir.sock` beside the store).
+    pub control: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -77,6 +83,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             id: default_gateway_id(),
             modules_dir: None,
+            control: None,
         }
     }
 }
@@ -109,7 +116,7 @@ pub struct LimitsConfig {
     /// Cap on the module's key/value state (keys plus values).
     pub state_bytes: Option<ByteSize>,
     /// Wall-clock time one record may take in a stage (`"2s"`).
-    #[serde(default, deserialize_with = "crate::store::opt_duration")]
+    #[serde(default, deserialize_with = "crate::common::duration::opt_duration")]
     pub deadline: Option<std::time::Duration>,
 }
 
@@ -214,8 +221,11 @@ impl Config {
 
     /// Parse and validate config text; `file` and `base_dir` are for messages and paths.
     pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        // `${NAME}` in string values: expanded from the environment, in
+        // the text, so errors keep their line numbers.
+        let expanded = secrets::expand(text, file)?;
+        let text = expanded.as_deref().unwrap_or(text);
+        let error = |e: serde_path_to_error::Error<toml::de::Error>| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let mut message = inner.message().trim().to_string();
@@ -234,11 +244,55 @@ impl Config {
                 },
                 message,
             }
-        })?;
+        };
+        let mut cfg: Config =
+            serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(error)?;
         cfg.file = file.into();
         cfg.base_dir = base_dir.to_path_buf();
+        cfg.read_password_files()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Fill `password` from `password_file` (sources and sinks); both set
+    /// is an error.
+    fn read_password_files(&mut self) -> Result<(), ConfigError> {
+        let base = self.base_dir.clone();
+        let mut problems = Vec::new();
+        let mut fill = |at: String, pw: &mut Option<String>, f: &Option<PathBuf>| {
+            let Some(f) = f else { return };
+            if pw.is_some() {
+                problems.push((
+                    at,
+                    "set `password` or `password_file`, not both".to_string(),
+                ));
+                return;
+            }
+            match secrets::read_password(f, &base) {
+                Ok(p) => *pw = Some(p),
+                Err(e) => problems.push((at, e)),
+            }
+        };
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            if let SourceConfig::Mqtt(m) = s {
+                fill(
+                    format!("source[{i}].password_file"),
+                    &mut m.password,
+                    &m.password_file,
+                );
+            }
+        }
+        for (i, s) in self.sinks.iter_mut().enumerate() {
+            fill(
+                format!("sink[{i}].password_file"),
+                &mut s.password,
+                &s.password_file,
+            );
+        }
+        match problems.into_iter().next() {
+            Some((key, message)) => Err(self.err(key, message)),
+            None => Ok(()),
+        }
     }
 
     fn err(&self, key: impl fmt::Display, message: impl fmt::Display) -> ConfigError {
@@ -294,7 +348,7 @@ impl Config {
                 }
             }
             for (i, filter) in pipe.topics.iter().enumerate() {
-                if let Err(why) = crate::routing::valid_filter(filter) {
+                if let Err(why) = crate::common::topic::valid_filter(filter) {
                     return Err(self.err(format!("{at}.topics[{i}]"), format!("`{filter}`: {why}")));
                 }
             }
@@ -358,7 +412,29 @@ impl Config {
                 return Err(self.err(format!("{at}.{key}"), message));
             }
         }
+        if let Some(st) = &self.status
+            && self.status_sink().is_none()
+        {
+            let why = match &st.sink {
+                Some(n) => format!("no MQTT sink is named `{n}`"),
+                None => "needs an MQTT sink to publish through: add one, or remove [status]".into(),
+            };
+            return Err(self.err("status.sink", why));
+        }
         Ok(())
+    }
+
+    /// The MQTT sink whose broker gets the status message (`[status] sink`,
+    /// or the first MQTT sink).
+    pub fn status_sink(&self) -> Option<crate::sinks::SinkConfig> {
+        let st = self.status.as_ref()?;
+        self.sinks
+            .iter()
+            .find(|s| {
+                s.kind == crate::sinks::SinkType::Mqtt
+                    && st.sink.as_ref().is_none_or(|n| *n == s.name)
+            })
+            .cloned()
     }
 
     /// The sinks in effect: as configured, or stdout for everything.
@@ -431,7 +507,7 @@ impl Config {
             return Err(self.err(format!("{at}.subscribe"), "needs at least one subscription"));
         }
         for (i, s) in m.subscribe.iter().enumerate() {
-            if let Err(why) = crate::routing::valid_filter(&s.filter) {
+            if let Err(why) = crate::common::topic::valid_filter(&s.filter) {
                 return Err(self.err(
                     format!("{at}.subscribe[{i}].filter"),
                     format!("`{}`: {why}", s.filter),

@@ -8,19 +8,20 @@
 //! and then ([`Registry::publish_pipelines`]).
 
 pub mod prometheus;
+pub mod status;
+
+pub use crate::common::health::{Beat, Health, Seconds, State};
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::pipeline::FailureKind;
-use crate::routing::Router;
 use crate::sinks::SinkMetrics;
-use crate::sinks::intake::{IntakeMetrics, SyncMetrics};
 use crate::sources::mqtt::MqttMetrics;
 use crate::sources::serial::SerialMetrics;
 use crate::store::{Queue, Store};
@@ -38,124 +39,32 @@ fn default_listen() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
-/// A histogram of durations, in seconds: 0.5 ms to about 2.3 hours, in
-/// steps of 4x.
-#[derive(Debug)]
-pub struct Seconds(pub prometheus_client::metrics::histogram::Histogram);
-
-impl Default for Seconds {
-    fn default() -> Self {
-        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-        Seconds(Histogram::new(exponential_buckets(0.0005, 4.0, 12)))
-    }
-}
-
-impl Seconds {
-    /// Count one duration.
-    pub fn observe(&self, d: std::time::Duration) {
-        self.0.observe(d.as_secs_f64());
-    }
-
-    /// Count `n` durations from `at_ms` (ms since the epoch) to now.
-    pub fn since_ms(&self, at_ms: u64, n: usize) {
-        let s = crate::record::now_ms().saturating_sub(at_ms) as f64 / 1000.0;
-        for _ in 0..n {
-            self.0.observe(s);
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What a source or sink task is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Started, not connected yet.
-    Starting,
-    /// Connected (or open) and working.
-    Up,
-    /// Lost its broker, device or file; retrying with backoff.
-    Down,
-    /// The task ended; the supervisor restarts it after a backoff.
-    BackingOff,
-    /// Stopped (the gateway is stopping, or a reload replaced it).
-    Stopped,
+/// Counters of the intake.
+#[derive(Debug, Default)]
+pub struct IntakeMetrics {
+    /// Inputs recognised as a broker's redelivery of a message already
+    /// taken in (acknowledged again, not processed twice).
+    pub redelivered: AtomicU64,
+    /// Inputs left unacknowledged because the gateway stopped while a
+    /// `block` queue was full (the broker redelivers them).
+    pub abandoned: AtomicU64,
 }
 
-impl State {
-    /// The name used in status and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Up => "up",
-            State::Down => "down",
-            State::BackingOff => "backing_off",
-            State::Stopped => "stopped",
-        }
-    }
-
-    /// Every state, for the one-hot state gauge.
-    pub const ALL: [State; 5] = [
-        State::Starting,
-        State::Up,
-        State::Down,
-        State::BackingOff,
-        State::Stopped,
-    ];
-}
-
-/// The state of one task, its reason when not up, and its restarts.
-#[derive(Debug)]
-pub struct Health {
-    inner: Mutex<(State, Option<String>)>,
-    /// Times the supervisor restarted the task.
-    pub restarts: AtomicU64,
-    /// Bumped at every change (status over MQTT publishes on change).
-    changes: Arc<AtomicU64>,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health::new(Arc::default())
-    }
-}
-
-impl Health {
-    /// A task's health, bumping `changes` at every change of state.
-    pub fn new(changes: Arc<AtomicU64>) -> Health {
-        Health {
-            inner: Mutex::new((State::Starting, None)),
-            restarts: AtomicU64::new(0),
-            changes,
-        }
-    }
-
-    /// Set the state; `reason` says why when it is not up.
-    pub fn set(&self, state: State, reason: Option<String>) {
-        let mut g = lock(&self.inner);
-        if g.0 != state || g.1 != reason {
-            *g = (state, reason);
-            self.changes.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Connected or open.
-    pub fn up(&self) {
-        self.set(State::Up, None);
-    }
-
-    /// Lost, retrying.
-    pub fn down(&self, reason: impl Into<String>) {
-        self.set(State::Down, Some(reason.into()));
-    }
-
-    /// The state and its reason.
-    pub fn get(&self) -> (State, Option<String>) {
-        lock(&self.inner).clone()
-    }
+/// Counters of the sync thread.
+#[derive(Debug, Default)]
+pub struct SyncMetrics {
+    /// Syncs done.
+    pub syncs: AtomicU64,
+    /// Syncs that failed (retried; their inputs stay unacknowledged).
+    pub failures: AtomicU64,
+    /// Times the store was reopened after a failed sync.
+    pub reopens: AtomicU64,
+    /// How long each successful sync took.
+    pub sync_time: crate::metrics::Seconds,
 }
 
 /// A source's counters.
@@ -206,6 +115,7 @@ pub struct Registry {
     pub reloads_refused: AtomicU64,
     /// Bumped whenever something status shows changes state.
     pub changes: Arc<AtomicU64>,
+    beats: Mutex<Vec<Arc<Beat>>>,
 }
 
 impl Registry {
@@ -223,7 +133,28 @@ impl Registry {
             reloads: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
             changes: Arc::default(),
+            beats: Mutex::default(),
         }
+    }
+
+    /// A heartbeat for worker thread `name`.
+    pub fn beat(&self, name: &str) -> Arc<Beat> {
+        let b = Arc::new(Beat::new(name, self.started));
+        let mut beats = lock(&self.beats);
+        // Threads that ended (a pipeline a reload removed) hold no Arc.
+        beats.retain(|b| Arc::strong_count(b) > 1);
+        beats.push(b.clone());
+        b
+    }
+
+    /// The worker thread busy longest on one unit of work, if that is
+    /// longer than `limit`.
+    pub fn wedged(&self, limit: std::time::Duration) -> Option<(String, std::time::Duration)> {
+        lock(&self.beats)
+            .iter()
+            .filter_map(|b| b.busy_for().map(|d| (b.name().to_string(), d)))
+            .filter(|(_, d)| *d > limit)
+            .max_by_key(|(_, d)| *d)
     }
 
     /// Register (or replace, after a reload) a source's counters.
@@ -266,10 +197,13 @@ impl Registry {
         *lock(&self.store) = Some(store);
     }
 
-    /// A copy of the counters of `router`'s pipelines (called by the
-    /// pipeline threads at batch ends, and when they stop).
-    pub fn publish_pipelines(&self, router: &Router) {
-        let stats: Vec<PipelineStats> = router.pipelines().map(PipelineStats::of).collect();
+    /// A copy of the counters of `pipelines` (called by the pipeline
+    /// threads at batch ends, and when they stop).
+    pub fn publish_pipelines<'a>(
+        &self,
+        pipelines: impl Iterator<Item = &'a crate::pipeline::Pipeline>,
+    ) {
+        let stats: Vec<PipelineStats> = pipelines.map(PipelineStats::of).collect();
         let mut p = lock(&self.pipelines);
         for s in stats {
             p.insert(s.name.clone(), s);
@@ -295,6 +229,43 @@ impl Registry {
         out
     }
 
+    /// The buffers as `weir store inspect --json` shows them, read from
+    /// the running daemon's store (no copy, no recovery run).
+    pub fn inspect(&self) -> serde_json::Value {
+        let now = crate::record::now_ms();
+        let store = lock(&self.store);
+        let queues: Vec<serde_json::Value> = lock(&self.sinks)
+            .iter()
+            .filter(|e| e.queue.is_durable())
+            .map(|e| {
+                let q = &e.queue;
+                let oldest = q.oldest();
+                serde_json::json!({
+                    "sink": e.name,
+                    "configured": true,
+                    "entries": q.len(),
+                    "bytes": q.bytes(),
+                    "max_bytes": q.config().max_bytes.0,
+                    "oldest_seq": oldest.map(|o| o.0),
+                    "oldest_age_s": oldest.map(|o| now.saturating_sub(o.1) as f64 / 1000.0),
+                    "damaged_kept": q.damaged_kept(),
+                })
+            })
+            .collect();
+        let durable = store.as_ref().filter(|s| s.is_durable());
+        serde_json::json!({
+            "path": durable.map(|s| s.path().display().to_string()),
+            "size_on_disk": durable.map_or(0, |s| s.size_on_disk()),
+            "next_seq": durable.map_or(0, |s| s.next_seq()),
+            "queues": queues,
+            "damaged_found": 0,
+            "lost_seqs": 0,
+            "moved_aside": null,
+            "ok": true,
+            "live": true,
+        })
+    }
+
     /// Everything, now.
     pub fn snapshot(&self) -> Snapshot {
         let now_ms = crate::record::now_ms();
@@ -310,7 +281,7 @@ impl Registry {
         let store = lock(&self.store);
         Snapshot {
             gateway: self.gateway.clone(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             sources,
             pipelines: lock(&self.pipelines).values().cloned().collect(),
@@ -343,7 +314,7 @@ pub struct Snapshot {
     /// The gateway's id.
     pub gateway: String,
     /// Weir's version.
-    pub version: &'static str,
+    pub version: String,
     /// Seconds since `weir serve` started.
     pub uptime_s: u64,
     /// Sources.
@@ -366,7 +337,7 @@ pub struct SourceStats {
     /// Its name in the config.
     pub name: String,
     /// `mqtt` or `serial`.
-    pub kind: &'static str,
+    pub kind: String,
     /// What the task is doing.
     pub state: State,
     /// Why it is not up.
@@ -407,7 +378,7 @@ impl SourceStats {
         match c {
             SourceCounters::Mqtt(m) => SourceStats {
                 name: name.to_string(),
-                kind: "mqtt",
+                kind: "mqtt".into(),
                 state,
                 reason,
                 restarts,
@@ -423,7 +394,7 @@ impl SourceStats {
             },
             SourceCounters::Serial(m) => SourceStats {
                 name: name.to_string(),
-                kind: "serial",
+                kind: "serial".into(),
                 state,
                 reason,
                 restarts,
@@ -476,7 +447,7 @@ pub struct StageStats {
     /// Records it processed and emitted nothing for.
     pub dropped: u64,
     /// Failures by kind.
-    pub failed: BTreeMap<&'static str, u64>,
+    pub failed: BTreeMap<String, u64>,
     /// Fuel used, all records together.
     pub fuel_used: u64,
     /// Guest log lines dropped over the rate limit.
@@ -510,7 +481,7 @@ impl PipelineStats {
                         dropped: sm.records_dropped,
                         failed: FailureKind::ALL
                             .iter()
-                            .map(|k| (k.as_str(), sm.failed(*k)))
+                            .map(|k| (k.as_str().to_string(), sm.failed(*k)))
                             .filter(|(_, n)| *n > 0)
                             .collect(),
                         fuel_used: sm.fuel_used,
@@ -529,7 +500,7 @@ pub struct SinkStats {
     /// Its name.
     pub name: String,
     /// Its type (`mqtt`, `file`, ...).
-    pub kind: &'static str,
+    pub kind: String,
     /// What the task is doing.
     pub state: State,
     /// Why it is not up.
@@ -545,7 +516,7 @@ pub struct SinkStats {
     /// Entries sent again after a reconnect.
     pub resent: u64,
     /// Dropped by policy (`drop-oldest`, `drop-newest`) or expired.
-    pub dropped: BTreeMap<&'static str, u64>,
+    pub dropped: BTreeMap<String, u64>,
     /// Moved to its dead-letter queue.
     pub dead_lettered: u64,
     /// Times the pipelines waited for room (`block`).
@@ -568,7 +539,7 @@ impl SinkStats {
         let (state, reason) = e.counters.health.get();
         SinkStats {
             name: e.name.clone(),
-            kind: e.kind,
+            kind: e.kind.to_string(),
             state,
             reason,
             restarts: e.counters.health.restarts.load(Relaxed),
@@ -583,6 +554,7 @@ impl SinkStats {
                 ("damaged", q.damaged.load(Relaxed)),
             ]
             .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
             .collect(),
             dead_lettered: q.dead_lettered.load(Relaxed),
             blocked: q.blocked.load(Relaxed),

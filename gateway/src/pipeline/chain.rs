@@ -1,14 +1,10 @@
 //! A pipeline: stages in order, and the error policy applied to a record a
 //! stage fails on.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
+use super::ErrorPolicy;
 use super::error::{LoadError, StageError};
 use super::host::Outputs;
-use super::stage::{Stage, StageSpec};
-use super::{ErrorPolicy, Runtime};
-use crate::config::Config;
+use super::stage::Stage;
 
 /// A record a stage failed on, sent to dead-letter.
 #[derive(Debug, Clone)]
@@ -88,47 +84,6 @@ impl Pipeline {
             next: Outputs::default(),
             metrics: PipelineMetrics::default(),
         }
-    }
-
-    /// Build every pipeline of a config. Each module file is compiled once,
-    /// however many stages use it.
-    pub fn build_all(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, Box<BuildError>> {
-        let mut compiled: HashMap<PathBuf, super::CompiledModule> = HashMap::new();
-        let mut out = Vec::new();
-        for p in &cfg.pipelines {
-            let mut stages = Vec::new();
-            for s in &p.stages {
-                let path = cfg.module_path(s);
-                let err = |source| {
-                    Box::new(BuildError {
-                        pipeline: p.name.clone(),
-                        stage: s.name.clone(),
-                        module: path.display().to_string(),
-                        source,
-                    })
-                };
-                let module = match compiled.get(&path) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m = rt.compile_file(&path).map_err(err)?;
-                        compiled.insert(path.clone(), m.clone());
-                        m
-                    }
-                };
-                let spec = StageSpec {
-                    label: format!("{}/{}", p.name, s.name),
-                    module,
-                    grants: s.grants.clone(),
-                    limits: cfg.stage_limits(p, s),
-                    isolation: s.isolation,
-                    config: serde_cbor::to_vec(&s.config).expect("a TOML table serializes"),
-                    quarantine_after: p.quarantine_after,
-                };
-                stages.push(Stage::new(spec).map_err(err)?);
-            }
-            out.push(Pipeline::new(p.name.clone(), stages, p.on_error));
-        }
-        Ok(out)
     }
 
     /// Take over what `old` (the same pipeline before a reload) built up:

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod json;
 pub mod module;
 pub mod stage;
 

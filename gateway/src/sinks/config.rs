@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::common::ByteSize;
+use crate::common::duration::duration;
 use crate::common::tls::TlsFiles;
-use crate::config::ByteSize;
-use crate::store::{BufferConfig, duration};
+use crate::store::BufferConfig;
 
 /// The kinds of sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -216,6 +217,8 @@ pub struct SinkConfig {
     pub username: Option<String>,
     /// Password (or a SAS token for Azure IoT Hub).
     pub password: Option<String>,
+    /// A file holding the password (instead of `password`).
+    pub password_file: Option<PathBuf>,
     /// Topic template: `{gateway_id}`, `{sink}`, `{pipeline}`, `{source}`,
     /// `{topic}` (the input topic), `{msg_id}` and any payload field such as `{id}`.
     pub topic: Option<String>,
@@ -299,6 +302,8 @@ sink_table!(
         username: Option<String>,
         /// Password.
         password: Option<String>,
+        /// A file holding the password.
+        password_file: Option<PathBuf>,
         /// Topic template.
         topic: Option<String>,
         /// Unacknowledged QoS 1 publishes at once.
@@ -380,6 +385,7 @@ impl From<RawSink> for SinkConfig {
                 client_id: t.client_id.clone(),
                 username: t.username.clone(),
                 password: t.password.clone(),
+                password_file: t.password_file.clone(),
                 topic: t.topic.clone(),
                 inflight: t.inflight,
                 max_payload: t.max_payload,
@@ -469,6 +475,7 @@ impl SinkConfig {
             client_id: None,
             username: None,
             password: None,
+            password_file: None,
             topic: None,
             inflight: None,
             max_payload: None,

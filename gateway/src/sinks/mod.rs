@@ -1,8 +1,9 @@
 //! Sinks: where pipeline output goes, each drained from its own queue in
 //! the store ([`crate::store`]).
 //!
-//! - [`intake`]: the pipeline side. Puts output into the queues, applies
-//!   the full policies, and acknowledges inputs once their batch is synced.
+//! The pipeline side (putting output into the queues, acknowledging inputs
+//! once their batch is synced) is the topology's intake
+//! ([`crate::topology::intake`]).
 //! - [`mqtt`]: an MQTT broker (the cloud, or a local republish), QoS 1 with
 //!   an in-flight window; an entry leaves its queue on PUBACK.
 //! - [`lines`]: JSON lines to a rotated file or to stdout.
@@ -12,7 +13,6 @@
 //! `{gateway_id}-{seq}` on every record.
 
 mod config;
-pub mod intake;
 pub mod lines;
 pub mod mqtt;
 pub mod poison;
@@ -45,9 +45,9 @@ pub struct SinkMetrics {
     /// Times the sink became unreachable (each logged once).
     pub outages: AtomicU64,
     /// Up, down (and why), restarts.
-    pub health: crate::metrics::Health,
+    pub health: crate::common::health::Health,
     /// From entering the buffer to delivered (PUBACK, or written).
-    pub latency: crate::metrics::Seconds,
+    pub latency: crate::common::health::Seconds,
 }
 
 /// Turns entries into topics and payloads.

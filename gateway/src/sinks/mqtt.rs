@@ -33,6 +33,25 @@ struct Publish {
     sent_at: Option<Instant>,
 }
 
+/// The connection options of an MQTT sink's broker, as client `client_id`:
+/// host, port, keep-alive, credentials and TLS (its files read now).
+pub fn options(
+    cfg: &SinkConfig,
+    gateway_id: &str,
+    client_id: String,
+) -> Result<MqttOptions, tls::TlsError> {
+    let host = cfg.host.clone().unwrap_or_default();
+    let mut opts = MqttOptions::new(client_id, host, cfg.port());
+    opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)));
+    if let Some(user) = cfg.username(gateway_id) {
+        opts.set_credentials(user, cfg.password.clone().unwrap_or_default());
+    }
+    if let Some(files) = &cfg.tls {
+        opts.set_transport(tls::transport(files)?);
+    }
+    Ok(opts)
+}
+
 /// Publish `queue` to the broker of `cfg` until `stop` (then keep sending
 /// for `drain_on_stop` at most).
 pub async fn run(
@@ -53,33 +72,28 @@ pub async fn run(
     // distinct problem); the queue keeps the records meanwhile.
     let mut tls_logged: Option<String> = None;
     let mut connect = |down: bool| -> Option<(AsyncClient, EventLoop)> {
-        let mut opts = MqttOptions::new(cfg.client_id(&gateway_id), host.clone(), port);
-        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-            .set_clean_session(true)
+        let mut opts = match options(&cfg, &gateway_id, cfg.client_id(&gateway_id)) {
+            Ok(o) => {
+                if cfg.tls.is_some() && tls_logged.take().is_some() {
+                    tracing::info!(sink = %cfg.name, "the sink's TLS files are usable again; connecting");
+                }
+                o
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if tls_logged.as_ref() != Some(&e) {
+                    tracing::error!(sink = %cfg.name, host = %host, port, error = %e, down,
+                        "the sink cannot connect: its TLS files cannot be used; the queue keeps the records, retrying with backoff");
+                    tls_logged = Some(e);
+                }
+                return None;
+            }
+        };
+        tracing::debug!(sink = %cfg.name, host = %host, port, client_id = %opts.client_id(),
+            user = cfg.username(&gateway_id).unwrap_or_default(), tls = cfg.tls.is_some(), "connecting");
+        opts.set_clean_session(true)
             .set_inflight(window as u16)
             .set_max_packet_size(65_536, max_payload + 65_536);
-        if let Some(user) = cfg.username(&gateway_id) {
-            opts.set_credentials(user, cfg.password.clone().unwrap_or_default());
-        }
-        if let Some(files) = &cfg.tls {
-            match tls::transport(files) {
-                Ok(t) => {
-                    if tls_logged.take().is_some() {
-                        tracing::info!(sink = %cfg.name, "the sink's TLS files are usable again; connecting");
-                    }
-                    opts.set_transport(t);
-                }
-                Err(e) => {
-                    let e = e.to_string();
-                    if tls_logged.as_ref() != Some(&e) {
-                        tracing::error!(sink = %cfg.name, host = %host, port, error = %e, down,
-                            "the sink cannot connect: its TLS files cannot be used; the queue keeps the records, retrying with backoff");
-                        tls_logged = Some(e);
-                    }
-                    return None;
-                }
-            }
-        }
         Some(AsyncClient::new(opts, window + 16))
     };
     let mut backoff = Duration::from_millis(250);
@@ -87,6 +101,8 @@ pub async fn run(
     let mut down_since: Option<Instant> = None;
     // The client and its event loop, made and dropped together.
     let mut conn = connect(false);
+    // This outage has been logged and counted.
+    let mut announced = conn.is_none();
     if conn.is_none() {
         metrics.health.down("its TLS files cannot be used");
         down_since = Some(Instant::now());
@@ -104,9 +120,6 @@ pub async fn run(
     let mut stop_by: Option<Instant> = None;
     let mut last_expiry = Instant::now();
     let mut poison = Poison::new(cfg.dead_letter_after);
-    // The drop that ended the last connection was blamed on an entry:
-    // not an outage worth a warning.
-    let mut blamed = false;
     let mut warned_suspect: Option<u64> = None;
     let mut next_summary: Option<Instant> = None;
     let mut attempts_down = 0u64;
@@ -259,7 +272,7 @@ pub async fn run(
                 next_summary = None;
                 attempts_down = 0;
                 match down_since.take() {
-                    Some(_) if blamed => {}
+                    Some(_) if !announced => {}
                     Some(t) => tracing::info!(sink = %cfg.name, host = %host, port,
                         down_s = t.elapsed().as_secs_f32(), queued = queue.len(),
                         "sink broker reachable again; draining the buffer"),
@@ -268,7 +281,6 @@ pub async fn run(
                         "sink connected")
                     }
                 }
-                blamed = false;
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 if let Some(mut p) = requested.pop_front() {
@@ -310,7 +322,8 @@ pub async fn run(
                 requested.clear();
                 sent.clear();
                 connected = false;
-                blamed = verdict != Verdict::Unrelated;
+                // Blamed on an entry: not an outage (yet).
+                let blamed = verdict != Verdict::Unrelated;
                 match verdict {
                     Verdict::Suspect { seq, attempts } if warned_suspect != Some(seq) => {
                         warned_suspect = Some(seq);
@@ -331,12 +344,16 @@ pub async fn run(
                 if down_since.is_none() {
                     down_since = Some(Instant::now());
                     metrics.health.down(explain(&e));
-                    if !blamed {
-                        metrics.outages.fetch_add(1, Relaxed);
-                        next_summary = Some(Instant::now() + SUMMARY_EVERY);
-                        tracing::warn!(sink = %cfg.name, host = %host, port, error = %explain(&e),
-                            in_flight = resent, "sink broker unreachable; records stay in the buffer, reconnecting with backoff");
-                    }
+                    announced = false;
+                }
+                // Once per outage. A drop blamed on a record is not one
+                // yet; if the reconnects then fail too, the broker is gone.
+                if !blamed && !announced {
+                    announced = true;
+                    metrics.outages.fetch_add(1, Relaxed);
+                    next_summary = Some(Instant::now() + SUMMARY_EVERY);
+                    tracing::warn!(sink = %cfg.name, host = %host, port, error = %explain(&e),
+                        in_flight = resent, "sink broker unreachable; records stay in the buffer, reconnecting with backoff");
                 }
                 if stop_by.is_some() {
                     break;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::ByteSize;
+use crate::common::ByteSize;
 use crate::store::{BufferConfig, OpenReport, Store, entry};
 
 fn cfg(toml_text: &str) -> SinkConfig {

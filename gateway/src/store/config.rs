@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::config::ByteSize;
+use crate::common::ByteSize;
+use crate::common::duration::duration;
 
 /// `[store]`: the durable buffer on local storage (one sled database).
 #[derive(Debug, Clone, Deserialize)]
@@ -99,19 +100,4 @@ fn default_max_bytes() -> ByteSize {
 
 fn default_max_age() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
-}
-
-/// A human duration: `"250ms"`, `"5s"`, `"7d"`, `"1h 30m"`.
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{s}` is not a duration ({e}); try \"500ms\", \"30s\" or \"7d\""
-        ))
-    })
-}
-
-/// An optional [`duration`].
-pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }

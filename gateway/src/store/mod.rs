@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-pub use config::{BufferConfig, StoreConfig, WhenFull, duration, opt_duration};
+pub use config::{BufferConfig, StoreConfig, WhenFull};
 pub use entry::{DeadLetter, Entry, EntryError, Kind};
 
 use crate::sources::Origin;
@@ -837,6 +837,12 @@ impl Drop for SideFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Whether another process (a running `weir serve`) holds the store at `path`.
+pub fn in_use(path: &Path) -> bool {
+    let db = path.join("db");
+    db.is_file() && !unlocked(&db)
 }
 
 /// Whether nobody holds sled's lock on `db`.

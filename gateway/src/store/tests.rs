@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::ByteSize;
+use crate::common::ByteSize;
 use crate::sources::Origin;
 
 fn buf(max_bytes: u64, when_full: WhenFull) -> BufferConfig {

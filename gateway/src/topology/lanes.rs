@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::metrics::Registry;
+use super::intake::{Intake, Pending};
+use crate::metrics::{Beat, Registry};
 use crate::routing::{Route, Router};
 use crate::sinks::SinkConfig;
-use crate::sinks::intake::{Intake, Pending};
 use crate::sources::Item;
 use crate::store::{Queue, Store};
 
@@ -54,15 +54,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn intake(&self, sinks: &[(SinkConfig, Arc<Queue>)]) -> Intake {
+    /// An intake for thread `name`, with its heartbeat.
+    fn intake(&self, name: &str, sinks: &[(SinkConfig, Arc<Queue>)]) -> (Intake, Arc<Beat>) {
+        let beat = self.registry.beat(name);
         let intake = Intake::new(
             self.store.clone(),
             sinks,
             self.syncer.clone(),
             self.stopping.clone(),
-        );
+        )
+        .with_beat(beat.clone());
         self.registry.intake(intake.metrics.clone());
-        intake
+        (intake, beat)
     }
 }
 
@@ -147,11 +150,19 @@ pub fn drain(
     mut router: Router,
     shared: Shared,
 ) -> Router {
-    let mut intake = shared.intake(&sinks);
+    let name = router
+        .pipelines()
+        .next()
+        .map_or("pipelines".to_string(), |p| {
+            format!("pipeline {}", p.name())
+        });
+    let (mut intake, beat) = shared.intake(&name, &sinks);
     let every = shared.sync_every;
     let rt = timer();
     let mut last = Instant::now();
     let mut published = Instant::now();
+    // Counters changed since they were last published.
+    let mut dirty = false;
     let mut stop_seen: Option<Instant> = None;
     loop {
         // Shutdown is bounded: after DRAIN_BUDGET the inputs still
@@ -161,7 +172,11 @@ pub fn drain(
             abandon(&mut rx, &intake, 0);
             break;
         }
-        let until = (!every.is_zero() && intake.has_pending()).then(|| last + every);
+        // Wake for the next batch end, and to publish counters that
+        // changed even when no more input comes.
+        let sync_at = (!every.is_zero() && intake.has_pending()).then(|| last + every);
+        let publish_at = dirty.then(|| published + PUBLISH_EVERY);
+        let until = sync_at.into_iter().chain(publish_at).min();
         let item = match next(&rt, &mut rx, &mut ctl, until) {
             Next::Item(item) => item,
             Next::Swap(s) => {
@@ -169,18 +184,28 @@ pub fn drain(
                 let kept = new.carry_over(&mut router);
                 router = new;
                 intake.set_sinks(&s.sinks);
-                shared.registry.publish_pipelines(&router);
+                shared.registry.publish_pipelines(router.pipelines());
                 let _ = s.done.send(kept);
                 continue;
             }
             Next::Timeout => {
-                intake.submit();
-                last = Instant::now();
+                if sync_at.is_some_and(|t| Instant::now() >= t) {
+                    intake.submit();
+                    last = Instant::now();
+                }
+                if dirty && published.elapsed() >= PUBLISH_EVERY {
+                    shared.registry.publish_pipelines(router.pipelines());
+                    published = Instant::now();
+                    dirty = false;
+                }
                 continue;
             }
             Next::Closed => break,
         };
+        beat.busy();
         intake.handle(&mut router, item);
+        beat.idle();
+        dirty = true;
         let due = if every.is_zero() {
             rx.is_empty()
         } else {
@@ -190,13 +215,14 @@ pub fn drain(
             intake.submit();
             last = Instant::now();
             if published.elapsed() >= PUBLISH_EVERY {
-                shared.registry.publish_pipelines(&router);
+                shared.registry.publish_pipelines(router.pipelines());
                 published = Instant::now();
+                dirty = false;
             }
         }
     }
     intake.submit();
-    shared.registry.publish_pipelines(&router);
+    shared.registry.publish_pipelines(router.pipelines());
     router
 }
 
@@ -257,7 +283,7 @@ pub fn dispatch(
         lanes.push(Lane::spawn(r, route, &sinks, &shared, capacity)?);
     }
     let mut retired: Vec<std::thread::JoinHandle<Router>> = Vec::new();
-    let mut intake = shared.intake(&sinks);
+    let (mut intake, beat) = shared.intake("dispatch", &sinks);
     let mut none = Router::empty();
     let rt = timer();
     let mut stop_seen: Option<Instant> = None;
@@ -310,6 +336,7 @@ pub fn dispatch(
             Next::Timeout => continue,
             Next::Closed => break,
         };
+        beat.busy();
         match item {
             Item::Record {
                 record,
@@ -339,13 +366,18 @@ pub fn dispatch(
                             ack: shares.as_mut().and_then(Vec::pop),
                             origin,
                         };
-                        // Blocks only while that pipeline's own channel is full.
+                        // Blocks only while that pipeline's own channel is
+                        // full: a wait by design (that pipeline has its own
+                        // heartbeat).
+                        beat.idle();
                         let _ = lane.tx.blocking_send(item);
+                        beat.busy();
                     }
                 }
             }
             rejected => intake.handle(&mut none, rejected),
         }
+        beat.idle();
         if rx.is_empty() && intake.has_pending() {
             intake.submit();
         }

@@ -11,6 +11,8 @@
 //! Every component writes its counters to one [`Registry`]; the stop
 //! report, the stats line and the status views all read it.
 
+pub mod control;
+pub mod intake;
 pub mod lanes;
 pub mod reload;
 pub mod supervise;
@@ -30,12 +32,12 @@ use crate::config::{Config, SourceConfig};
 use crate::metrics::{Registry, Snapshot, SourceCounters};
 use crate::pipeline::Runtime;
 use crate::routing::Router;
-use crate::sinks::intake::run_syncer;
 use crate::sinks::{self, SinkConfig, SinkMetrics, SinkType};
 use crate::sources::Item;
 use crate::sources::mqtt::{self, MqttMetrics};
 use crate::sources::serial::{self, SerialMetrics};
 use crate::store::{OpenReport, Queue, Store};
+use intake::run_syncer;
 
 /// How a topology runs, beyond its config.
 #[derive(Debug, Clone)]
@@ -66,6 +68,7 @@ pub struct Topology {
     requests: mpsc::UnboundedReceiver<Request>,
     handle: Handle,
     metrics: Option<std::net::TcpListener>,
+    control: Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
 }
 
 /// What a running topology is asked to do.
@@ -138,7 +141,18 @@ impl Topology {
             }
             None => None,
         };
+        // Status without a control socket beats no gateway: a socket that
+        // cannot be made is logged, and weir serves without it.
+        let path = control::path_of(cfg);
+        let control = match control::bind(&path) {
+            Ok(l) => Some((path, l)),
+            Err(e) => {
+                tracing::error!(error = %e, "no control socket: `weir status` and `weir top` cannot reach this gateway");
+                None
+            }
+        };
         Ok(Topology {
+            control,
             metrics,
             cfg: cfg.clone(),
             opts,
@@ -174,18 +188,20 @@ impl Topology {
             mut requests,
             handle,
             metrics,
+            control,
         } = self;
         drop(handle);
         let stopping = Arc::new(AtomicBool::new(false));
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         let syncer = {
             let (store, stopping, m) = (store.clone(), stopping.clone(), registry.sync.clone());
+            let beat = registry.beat("store-sync");
             let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
             // The pipeline threads pace batches by `sync_every`; the sync
             // thread syncs each as soon as it comes (group commit).
             std::thread::Builder::new()
                 .name("store-sync".into())
-                .spawn(move || run_syncer(store, sync_rx, qs, stopping, m))?
+                .spawn(move || run_syncer(store, sync_rx, qs, stopping, m, beat))?
         };
         let shared = lanes::Shared {
             store: store.clone(),
@@ -194,6 +210,8 @@ impl Topology {
             registry: registry.clone(),
             sync_every: cfg.store.sync_every,
         };
+        // Status shows the pipelines from the start, before any record.
+        registry.publish_pipelines(router.pipelines());
         let (tx, rx) = mpsc::channel::<Item>(opts.channel.max(1));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         // One pipeline runs on the thread that takes the input; several
@@ -237,21 +255,37 @@ impl Topology {
             .map(tokio::net::TcpListener::from_std)
             .transpose()?
             .map(|l| tokio::spawn(crate::metrics::prometheus::serve(l, registry.clone())));
+        let (status_stop, status_stopped) = watch::channel(false);
+        let status = cfg.status.clone().zip(cfg.status_sink()).map(|(st, sink)| {
+            tokio::spawn(crate::metrics::status::run(
+                st,
+                sink,
+                cfg.gateway.id.clone(),
+                registry.clone(),
+                status_stopped,
+            ))
+        });
+        let (control_path, control) = match control {
+            Some((p, l)) => (
+                Some(p),
+                Some(tokio::spawn(control::serve(
+                    tokio::net::UnixListener::from_std(l)?,
+                    registry.clone(),
+                ))),
+            ),
+            None => (None, None),
+        };
         let stats = (!opts.stats_every.is_zero()).then(|| {
             let (registry, every) = (registry.clone(), opts.stats_every);
             tokio::spawn(stats_lines(registry, every.max(Duration::from_millis(10))))
         });
-        // systemd (Type=notify): ready now; watchdog pings from this runtime.
+        // systemd (Type=notify): ready now; the watchdog is fed from this
+        // runtime, and only while no worker thread is wedged.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let mut usec = 0;
         let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| {
             let every = Duration::from_micros(usec / 2);
-            tokio::spawn(async move {
-                loop {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                    tokio::time::sleep(every).await;
-                }
-            })
+            tokio::spawn(feed_watchdog(registry.clone(), every))
         });
 
         tokio::pin!(shutdown);
@@ -265,6 +299,7 @@ impl Topology {
                         match &r {
                             Ok(what) => {
                                 registry.reloads.fetch_add(1, Relaxed);
+                                registry.changes.fetch_add(1, Relaxed);
                                 tracing::info!(changes = %what, "reloaded");
                                 cfg = *new;
                             }
@@ -281,7 +316,7 @@ impl Topology {
         }
 
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        for t in [watchdog, stats, metrics].into_iter().flatten() {
+        for t in [watchdog, stats, metrics, control].into_iter().flatten() {
             t.abort();
         }
         tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
@@ -296,10 +331,17 @@ impl Topology {
         })
         .await;
         tasks.stop_sinks().await;
+        let _ = status_stop.send(true);
+        if let Some(s) = status {
+            let _ = s.await;
+        }
         let worker_ok = matches!(worker, Ok(Ok(Ok(_))));
         let snapshot = registry.snapshot();
         // A clean stop: the next start can tell the files were left intact.
         store.close();
+        if let Some(p) = control_path {
+            let _ = std::fs::remove_file(p);
+        }
         if !worker_ok {
             anyhow::bail!("the pipeline thread panicked");
         }
@@ -408,6 +450,32 @@ impl Tasks {
         for (_, t) in self.sinks.drain() {
             t.stop().await;
         }
+    }
+}
+
+/// Feed systemd's watchdog every `every` while no worker thread (a
+/// pipeline, the dispatcher, the sync thread) has been busy on one unit of
+/// work (a record, a sync) for longer than `every`. A wedged one lets the
+/// watchdog expire, and systemd restarts weir.
+async fn feed_watchdog(registry: Arc<Registry>, every: Duration) {
+    let mut wedged: Option<String> = None;
+    loop {
+        match registry.wedged(every) {
+            None => {
+                if let Some(name) = wedged.take() {
+                    tracing::info!(thread = %name, "the thread moves again; feeding the watchdog");
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            Some((name, busy)) => {
+                if wedged.as_ref() != Some(&name) {
+                    tracing::error!(thread = %name, busy_ms = busy.as_millis() as u64,
+                        "a worker thread is stuck on one unit of work: not feeding the systemd watchdog, so systemd restarts weir if it stays stuck");
+                    wedged = Some(name);
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -46,6 +46,15 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
     if fingerprint(&old.store) != fingerprint(&new.store) || old.store_path() != new.store_path() {
         return restart("`[store]`");
     }
+    if old.metrics != new.metrics {
+        return restart("`[metrics]`");
+    }
+    if old.status != new.status {
+        return restart("`[status]`");
+    }
+    if old.gateway.control != new.gateway.control {
+        return restart("`gateway.control`");
+    }
     if single && new.pipelines.len() > 1 {
         return restart("going from one pipeline to several (each gets a thread of its own)");
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::common::backoff::jittered;
-use crate::metrics::{Health, State};
+use crate::common::health::{Health, State};
 
 /// The first wait before a restart; it doubles up to [`MAX_RESTART_WAIT`].
 pub const FIRST_RESTART_WAIT: Duration = Duration::from_secs(1);
@@ -42,7 +42,11 @@ where
                 break;
             }
             let why = match ended {
-                Ok(()) => "the task ended while the gateway was serving".to_string(),
+                // Its own last word says why, when it left one.
+                Ok(()) => match health.get().1 {
+                    Some(r) => format!("the task ended: {r}"),
+                    None => "the task ended while the gateway was serving".to_string(),
+                },
                 Err(e) if e.is_panic() => "the task panicked".to_string(),
                 Err(e) => e.to_string(),
             };

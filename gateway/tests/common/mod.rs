@@ -43,8 +43,11 @@ impl Serve {
     /// Start `cmd` (a `weir serve` command line the caller prepared, for
     /// example to run as another user), collecting its output.
     pub fn spawn(mut cmd: Command) -> Serve {
+        // The caller's WEIR_LOG wins (a test at trace level).
+        if !cmd.get_envs().any(|(k, _)| k == "WEIR_LOG") {
+            cmd.env("WEIR_LOG", "info");
+        }
         let mut child = cmd
-            .env("WEIR_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -574,5 +577,78 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// An ext4 filesystem in a file, loop-mounted at `dir`, that a test can
+/// freeze (`fsfreeze`): every write and fsync on it then blocks, as on a
+/// dying SD card, until it is thawed. Thawed and unmounted when dropped.
+pub struct FreezableDisk {
+    pub dir: std::path::PathBuf,
+}
+
+impl FreezableDisk {
+    pub fn mount(image: &Path, dir: &Path) -> FreezableDisk {
+        let run = |cmd: &mut Command| {
+            let out = cmd
+                .output()
+                .expect("mkfs.ext4, mount and fsfreeze are installed");
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed (this test needs root and loop devices): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(dir));
+        FreezableDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Block every write from now on.
+    pub fn freeze(&self) -> Thaw {
+        let ok = Command::new("fsfreeze")
+            .arg("-f")
+            .arg(&self.dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "fsfreeze -f failed");
+        Thaw(self.dir.clone())
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        // Thawing a thawed filesystem fails, harmlessly: quietly.
+        let _ = Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Thaws a frozen filesystem when dropped (declare it after the process
+/// that may be blocked on it, so it is thawed before that one is killed).
+pub struct Thaw(std::path::PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
     }
 }

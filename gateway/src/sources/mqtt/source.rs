@@ -13,8 +13,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::convert::{PayloadFormat, TopicFields, decode_payload, to_record};
+use crate::common::ByteSize;
 use crate::common::tls::{self, TlsFiles};
-use crate::config::ByteSize;
 use crate::record::now_ms;
 use crate::sources::item::{Ack, Item, Origin};
 
@@ -72,6 +72,8 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// A file holding the password (instead of `password`).
+    pub password_file: Option<std::path::PathBuf>,
     /// TLS: CA, and client certificate and key for mTLS (PEM files).
     pub tls: Option<TlsFiles>,
 }
@@ -126,7 +128,7 @@ pub struct MqttMetrics {
     /// Malformed messages, by kind.
     pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
     /// Up, down (and why), restarts.
-    pub health: crate::metrics::Health,
+    pub health: crate::common::health::Health,
 }
 
 /// Capacity of the client's request queue.
@@ -513,6 +515,8 @@ mod v4 {
                 if let Some(user) = &cfg.username {
                     opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
                 }
+                tracing::debug!(source = %cfg.name, host = %cfg.host, port, client_id = %id,
+                    user = cfg.username.as_deref().unwrap_or(""), tls = cfg.tls.is_some(), "connecting");
                 if let Some(t) = transport {
                     opts.set_transport(t);
                 }
@@ -680,6 +684,8 @@ mod v5 {
                 if let Some(user) = &cfg.username {
                     opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
                 }
+                tracing::debug!(source = %cfg.name, host = %cfg.host, port, client_id = %id,
+                    user = cfg.username.as_deref().unwrap_or(""), tls = cfg.tls.is_some(), "connecting");
                 if let Some(t) = transport {
                     opts.set_transport(t);
                 }

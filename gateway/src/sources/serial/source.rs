@@ -125,7 +125,7 @@ pub struct SerialMetrics {
     /// Times the device was opened.
     pub opens: AtomicU64,
     /// Up, down (and why), restarts.
-    pub health: crate::metrics::Health,
+    pub health: crate::common::health::Health,
 }
 
 impl SerialMetrics {

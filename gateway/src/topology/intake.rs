@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{Include, SinkConfig};
+use crate::metrics::{IntakeMetrics, SyncMetrics};
 use crate::pipeline::PipelineOutput;
 use crate::record::now_ms;
 use crate::routing::Router;
+use crate::sinks::{Include, SinkConfig};
 use crate::sources::{Ack, Item, Origin};
 use crate::store::{Kind, Pushed, Queue, Store, entry, wait_until};
 
@@ -24,17 +25,6 @@ use crate::store::{Kind, Pushed, Queue, Store, entry, wait_until};
 pub struct Pending {
     upto: u64,
     acks: Vec<Ack>,
-}
-
-/// Counters of the intake.
-#[derive(Debug, Default)]
-pub struct IntakeMetrics {
-    /// Inputs recognised as a broker's redelivery of a message already
-    /// taken in (acknowledged again, not processed twice).
-    pub redelivered: AtomicU64,
-    /// Inputs left unacknowledged because the gateway stopped while a
-    /// `block` queue was full (the broker redelivers them).
-    pub abandoned: AtomicU64,
 }
 
 struct Route {
@@ -69,6 +59,8 @@ pub struct Intake {
     puts: Vec<(usize, u64, Vec<u8>)>,
     /// The lowest sequence number this intake may still commit.
     low: Arc<AtomicU64>,
+    /// The thread's heartbeat: idle while waiting by design.
+    beat: Option<Arc<crate::common::health::Beat>>,
 }
 
 impl Intake {
@@ -90,7 +82,31 @@ impl Intake {
             puts: Vec::new(),
             low: store.writer(),
             store,
+            beat: None,
         }
+    }
+
+    /// Mark waits by design (for disk room, for queue room) as idle on
+    /// `beat`.
+    pub fn with_beat(mut self, beat: Arc<crate::common::health::Beat>) -> Intake {
+        self.beat = Some(beat);
+        self
+    }
+
+    /// Run `wait` with the heartbeat idle: waiting for room is not a wedge.
+    fn idle_while<T>(
+        beat: &Option<Arc<crate::common::health::Beat>>,
+        wait: impl FnOnce() -> T,
+    ) -> T {
+        let was = beat.as_ref().and_then(|b| b.busy_for());
+        if let Some(b) = beat {
+            b.idle();
+        }
+        let r = wait();
+        if let (Some(b), Some(_)) = (beat, was) {
+            b.busy();
+        }
+        r
     }
 
     fn routes(sinks: &[(SinkConfig, Arc<Queue>)]) -> Vec<Route> {
@@ -119,7 +135,9 @@ impl Intake {
         // so sources feel backpressure instead of memory filling up.
         if !self.store.is_healthy() {
             self.submit();
-            wait_until(|| self.store.is_healthy(), || self.stopping.load(Relaxed));
+            Self::idle_while(&self.beat, || {
+                wait_until(|| self.store.is_healthy(), || self.stopping.load(Relaxed))
+            });
         }
         self.abandon = false;
         let ack = match item {
@@ -188,7 +206,7 @@ impl Intake {
             self.push(pipeline, Kind::Record, r);
         }
         for d in &out.dead {
-            let v = crate::cli::output::dead_letter_json(pipeline, d);
+            let v = crate::pipeline::json::dead_letter_json(pipeline, d);
             self.push(pipeline, Kind::DeadLetter, v.to_string().as_bytes());
         }
     }
@@ -221,17 +239,19 @@ impl Intake {
                     self.submit();
                     let stopping = self.stopping.clone();
                     let mut refused = false;
-                    let ok = wait_until(
-                        || match q.admit(need) {
-                            Pushed::Full => false,
-                            Pushed::Refused => {
-                                refused = true;
-                                true
-                            }
-                            Pushed::Stored => true,
-                        },
-                        || stopping.load(Relaxed),
-                    );
+                    let ok = Self::idle_while(&self.beat, || {
+                        wait_until(
+                            || match q.admit(need) {
+                                Pushed::Full => false,
+                                Pushed::Refused => {
+                                    refused = true;
+                                    true
+                                }
+                                Pushed::Stored => true,
+                            },
+                            || stopping.load(Relaxed),
+                        )
+                    });
                     if !ok {
                         self.abandon = true;
                         return;
@@ -280,19 +300,6 @@ impl Intake {
     }
 }
 
-/// Counters of the sync thread.
-#[derive(Debug, Default)]
-pub struct SyncMetrics {
-    /// Syncs done.
-    pub syncs: AtomicU64,
-    /// Syncs that failed (retried; their inputs stay unacknowledged).
-    pub failures: AtomicU64,
-    /// Times the store was reopened after a failed sync.
-    pub reopens: AtomicU64,
-    /// How long each successful sync took.
-    pub sync_time: crate::metrics::Seconds,
-}
-
 /// The longest wait between sync retries on a failing disk: how long
 /// after space comes back the gateway resumes, at most.
 pub const MAX_SYNC_RETRY: Duration = Duration::from_secs(2);
@@ -305,6 +312,7 @@ pub fn run_syncer(
     queues: Vec<Arc<Queue>>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<SyncMetrics>,
+    beat: Arc<crate::common::health::Beat>,
 ) {
     while let Ok(first) = rx.recv() {
         let (mut upto, mut acks) = (first.upto, first.acks);
@@ -320,7 +328,12 @@ pub fn run_syncer(
         let mut reopen_error = String::new();
         loop {
             let began = std::time::Instant::now();
-            match store.sync(upto) {
+            // Busy only inside one sync: a hung fsync is a wedge; the
+            // retries on a full disk below are waits by design.
+            beat.busy();
+            let synced = store.sync(upto);
+            beat.idle();
+            match synced {
                 Ok(()) => {
                     metrics.sync_time.observe(began.elapsed());
                     if failed {

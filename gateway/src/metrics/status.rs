@@ -1,0 +1,175 @@
+//! Status over MQTT: a retained message that says what this gateway runs
+//! and how it is doing, on `weir/<gateway-id>/status` at the cloud broker
+//! (an MQTT sink's), published every `every` and whenever a task changes
+//! state or a reload lands. A last will marks the gateway offline if it
+//! vanishes; a clean stop publishes the same.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::common::backoff::jittered;
+use crate::metrics::{Registry, Snapshot};
+use crate::sinks::SinkConfig;
+
+/// `[status]`: where and how often to publish the status message.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// The MQTT sink whose broker gets the status (default: the first
+    /// MQTT sink). It connects as that sink's client id plus `-status`.
+    pub sink: Option<String>,
+    /// The topic (default `weir/<gateway-id>/status`); `{gateway_id}` is
+    /// replaced by the gateway id.
+    pub topic: Option<String>,
+    /// Publish at least this often (on change as well).
+    #[serde(
+        default = "default_every",
+        deserialize_with = "crate::common::duration::duration"
+    )]
+    pub every: Duration,
+}
+
+fn default_every() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl StatusConfig {
+    /// The topic for gateway `id`.
+    pub fn topic(&self, id: &str) -> String {
+        self.topic
+            .as_deref()
+            .unwrap_or("weir/{gateway_id}/status")
+            .replace("{gateway_id}", id)
+    }
+}
+
+/// The status message: what runs and how it is doing.
+pub fn message(s: &Snapshot) -> Value {
+    json!({
+        "gateway": s.gateway,
+        "state": "online",
+        "version": s.version,
+        "uptime_s": s.uptime_s,
+        "at_ms": crate::record::now_ms(),
+        "reloads": s.reloads,
+        "modules": s.pipelines.iter().flat_map(|p| p.stages.iter().map(move |st| json!({
+            "pipeline": p.name, "stage": st.name, "module": st.module, "sha256": st.sha256,
+            "quarantined": st.quarantined,
+        }))).collect::<Vec<_>>(),
+        "sources": s.sources.iter().map(|x| json!({
+            "name": x.name, "state": x.state, "reason": x.reason,
+        })).collect::<Vec<_>>(),
+        "sinks": s.sinks.iter().map(|k| json!({
+            "name": k.name, "state": k.state, "reason": k.reason,
+            "queued": k.queued, "bytes": k.queued_bytes, "oldest_age_s": k.oldest_age_s,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn offline(gateway: &str) -> Vec<u8> {
+    json!({ "gateway": gateway, "state": "offline" })
+        .to_string()
+        .into_bytes()
+}
+
+/// Publish the status until `stop`, then publish "offline" and disconnect.
+pub async fn run(
+    cfg: StatusConfig,
+    sink: SinkConfig,
+    gateway: String,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let topic = cfg.topic(&gateway);
+    let mut backoff = Duration::from_millis(500);
+    let mut warned: Option<String> = None;
+    loop {
+        let opts = crate::sinks::mqtt::options(
+            &sink,
+            &gateway,
+            format!("{}-status", sink.client_id(&gateway)),
+        );
+        let mut opts = match opts {
+            Ok(o) => o,
+            Err(e) => {
+                let e = e.to_string();
+                if warned.as_ref() != Some(&e) {
+                    tracing::error!(topic = %topic, error = %e, "status over MQTT cannot connect (the sink's TLS files); retrying");
+                    warned = Some(e);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(backoff)) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        opts.set_clean_session(true).set_last_will(LastWill::new(
+            &topic,
+            offline(&gateway),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut events) = AsyncClient::new(opts, 8);
+        let mut seen = u64::MAX;
+        let mut next = Instant::now();
+        let mut connected = false;
+        let ended = loop {
+            let changes = registry.changes.load(Relaxed);
+            if connected && (changes != seen || Instant::now() >= next) {
+                seen = changes;
+                next = Instant::now() + cfg.every;
+                let body = message(&registry.snapshot()).to_string();
+                let _ = client.try_publish(&topic, QoS::AtLeastOnce, true, body);
+            }
+            tokio::select! {
+                ev = events.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        backoff = Duration::from_millis(500);
+                        if warned.take().is_some() {
+                            tracing::info!(topic = %topic, "status over MQTT connected again");
+                        }
+                        seen = u64::MAX;
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Some(e.to_string()),
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => break None,
+            }
+        };
+        match ended {
+            None => {
+                // A clean stop: say so, and leave without the will.
+                if connected {
+                    let _ = client.try_publish(&topic, QoS::AtLeastOnce, true, offline(&gateway));
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while events.poll().await.is_ok() {}
+                    })
+                    .await;
+                }
+                return;
+            }
+            Some(e) => {
+                if warned.as_ref() != Some(&e) {
+                    tracing::warn!(topic = %topic, error = %e, "status over MQTT: broker unreachable; retrying with backoff");
+                    warned = Some(e);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(backoff)) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
