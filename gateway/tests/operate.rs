@@ -224,6 +224,10 @@ fn sighup_reloads_under_a_qos1_stream_with_no_loss_and_no_duplicates() {
         "the reason names the module: {log}"
     );
     assert_eq!(log.matches("state kept: p/thin").count(), 2, "{log}");
+    // The source and the sink did not change: they kept their connection
+    // and their file through all three reloads.
+    assert_eq!(log.matches("MQTT connected").count(), 1, "{log}");
+    assert!(!log.contains("restarted"), "{log}");
     assert!(log.contains(&format!("messages={N} records={N}")), "{log}");
     assert!(log.contains("ack_failures=0"), "{log}");
     assert!(log.contains("redelivered=0"), "{log}");
@@ -409,6 +413,36 @@ fn status_top_and_store_inspect_read_the_running_daemon() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["queues"][0]["sink"], "out");
     assert_eq!(v["queues"][0]["entries"], 0);
+
+    // weir reload (what `systemctl reload` runs): the daemon re-reads its
+    // config; a refusal fails the command with the reason.
+    let sock_arg = d.join("weir.sock").display().to_string();
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace(
+            "c_downsample.wasm\"\n  grants = [\"state\", \"log\"]\n  config = { every = 1 }",
+            "no_such_module.wasm\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = weir(&["reload", "--socket", &sock_arg]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("no_such_module.wasm"),
+        "{err}"
+    );
+    std::fs::write(&cfg, &good).unwrap();
+    let (code, out, err) = weir(&["reload", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reloaded: pipelines swapped"), "{out}");
+    let (_, out, _) = weir(&["status", "--config", c, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["reloads"].as_u64(), v["reloads_refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
 
     // The socket is the service user's: 0660.
     use std::os::unix::fs::PermissionsExt;

@@ -62,6 +62,9 @@ enum Command {
     Status(status::StatusArgs),
     /// The `status` view, refreshed every second with rates.
     Top(status::TopArgs),
+    /// Ask the running daemon to reload its config and modules (what
+    /// `systemctl reload weir` runs); exit 2 with the reason if refused.
+    Reload(status::ReloadArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -134,6 +137,7 @@ pub fn main() -> ExitCode {
         Command::Store(cmd) => store::run(cmd),
         Command::Status(args) => status::status(args),
         Command::Top(args) => status::top(args),
+        Command::Reload(args) => status::reload(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

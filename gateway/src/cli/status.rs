@@ -44,6 +44,27 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// Arguments of `weir reload`.
+#[derive(Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Ask the running daemon to reload its config and modules; exit 2 with
+/// the reason if it refuses (the running config keeps running).
+pub(super) fn reload(args: ReloadArgs) -> Result<(), Failure> {
+    let socket = args.target.socket()?;
+    match control::request(&socket, "reload") {
+        Ok(v) => {
+            println!("reloaded: {}", v["reloaded"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        Err(e) if e.to_string().contains("reload refused") => Err(Failure::refused(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Arguments of `weir top`.
 #[derive(Args)]
 pub struct TopArgs {

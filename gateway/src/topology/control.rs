@@ -48,13 +48,20 @@ pub fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
 }
 
 /// Answer requests on `listener` until the task is dropped.
-pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
+/// `reload` re-reads `config` and applies it through `handle`, answering
+/// what changed or why it was refused.
+pub async fn serve(
+    listener: UnixListener,
+    registry: Arc<Registry>,
+    handle: super::Handle,
+    config: PathBuf,
+) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let registry = registry.clone();
+        let (registry, handle, config) = (registry.clone(), handle.clone(), config.clone());
         tokio::spawn(async move {
             let (rd, mut wr) = conn.into_split();
             let mut line = String::new();
@@ -64,9 +71,26 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
                 Ok(Ok(_)) => match line.trim() {
                     "status" => serde_json::to_value(registry.snapshot()).unwrap_or(Value::Null),
                     "inspect" => registry.inspect(),
-                    other => {
-                        json!({ "error": format!("unknown request `{other}` (status, inspect)") })
+                    "reload" => {
+                        tracing::info!(config = %config.display(), "reload asked on the control socket");
+                        let result = match crate::config::Config::load(&config) {
+                            Ok(cfg) => handle.reload(cfg).await,
+                            Err(e) => {
+                                registry
+                                    .reloads_refused
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::error!(error = %e, "reload refused: the config does not load; the running config keeps running");
+                                Err(e.to_string())
+                            }
+                        };
+                        match result {
+                            Ok(what) => json!({ "reloaded": what }),
+                            Err(why) => json!({ "error": format!("reload refused: {why}") }),
+                        }
                     }
+                    other => json!({
+                        "error": format!("unknown request `{other}` (status, inspect, reload)")
+                    }),
                 },
                 _ => json!({ "error": "no request line within 5 s" }),
             };
@@ -86,7 +110,12 @@ pub fn request(path: &Path, what: &str) -> anyhow::Result<Value> {
             path.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A reload loads every module and waits for the swap: give it time.
+    s.set_read_timeout(Some(Duration::from_secs(if what == "reload" {
+        120
+    } else {
+        10
+    })))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     writeln!(s, "{what}")?;
     let mut answer = String::new();

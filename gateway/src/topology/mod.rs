@@ -190,7 +190,6 @@ impl Topology {
             metrics,
             control,
         } = self;
-        drop(handle);
         let stopping = Arc::new(AtomicBool::new(false));
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         let syncer = {
@@ -271,6 +270,8 @@ impl Topology {
                 Some(tokio::spawn(control::serve(
                     tokio::net::UnixListener::from_std(l)?,
                     registry.clone(),
+                    handle.clone(),
+                    std::path::PathBuf::from(&cfg.file),
                 ))),
             ),
             None => (None, None),
@@ -315,6 +316,7 @@ impl Topology {
             }
         }
 
+        drop(handle);
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         for t in [watchdog, stats, metrics, control].into_iter().flatten() {
             t.abort();
