@@ -320,6 +320,18 @@ fn metrics_are_scraped_over_http_and_match_what_was_sent() {
     // Anything but GET /metrics gets a clear answer, not a hang.
     assert_eq!(http_get(metrics_port, "/").0, "HTTP/1.1 404 Not Found");
     weir.stop();
+
+    // A port someone else holds fails the start, naming it and the fix.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = config(d, broker.port, port, PASS);
+    let (code, _, err) = self::weir(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("[metrics] cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("pick another `listen` address"), "{err}");
 }
 
 /// `weir ARGS`: (exit code, stdout, stderr).
@@ -505,8 +517,16 @@ every = "1s"
     assert_eq!(got.last().unwrap()["state"], "offline", "{got:?}");
 
     // Retained: a new watcher learns the state at once. A clean stop
-    // publishes "offline" itself.
+    // publishes "offline" itself. (The killed gateway left its control
+    // socket behind: the new one replaces it and answers.)
     let weir_serve = Serve::start(&cfg);
+    assert!(
+        weir_serve.wait_log("weir is serving"),
+        "{}",
+        weir_serve.log()
+    );
+    let (code, _, err) = weir(&["status", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "the stale socket was replaced: {err}");
     let late = Sub::start(broker.port, "late-watch", "weir/gw-op/status", &[]);
     let got = late.wait(1, 10);
     assert!(!got.is_empty());

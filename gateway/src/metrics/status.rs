@@ -160,16 +160,31 @@ pub async fn run(
                 return;
             }
             Some(e) => {
-                if warned.as_ref() != Some(&e) {
-                    tracing::warn!(topic = %topic, error = %e, "status over MQTT: broker unreachable; retrying with backoff");
-                    warned = Some(e);
+                if !retry(&topic, e, &mut warned, &mut backoff, &mut stop).await {
+                    return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(jittered(backoff)) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// Say why status cannot be published (once per distinct reason), then
+/// wait out the backoff. `false`: the gateway is stopping.
+async fn retry(
+    topic: &str,
+    why: String,
+    warned: &mut Option<String>,
+    backoff: &mut Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if warned.as_ref() != Some(&why) {
+        tracing::warn!(topic = %topic, error = %why, "status over MQTT cannot reach its broker; retrying with backoff");
+        *warned = Some(why);
+    }
+    let wait = jittered(*backoff);
+    *backoff = (*backoff * 2).min(Duration::from_secs(60));
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        _ = stop.changed() => false,
     }
 }
