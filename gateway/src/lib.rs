@@ -20,6 +20,9 @@
 //!   acknowledgements and counters; each owns its `[[source]]` table.
 //! - [`sinks`]: MQTT, file and stdout, each draining its queue; topic
 //!   rendering, poison entries; owns `[[sink]]`.
+//! - [`deploy`]: module push without network I/O: signed bundles and key
+//!   files, their pieces over MQTT and reassembly, the gateway's checks,
+//!   probation, the on-disk ledger; owns `[modules]`.
 //! - [`metrics`]: the one registry every component writes to, its snapshot,
 //!   `/metrics` (`[metrics]`) and the status message over MQTT (`[status]`).
 //! - [`config`]: the one TOML config, made of the components' tables;
@@ -39,6 +42,7 @@
 pub mod cli;
 pub mod common;
 pub mod config;
+pub mod deploy;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

@@ -7,19 +7,39 @@ use crate::config::Config;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::deploy::Overlay;
 use crate::pipeline::chain::BuildError;
-use crate::pipeline::{Pipeline, PipelineOutput, Runtime, Stage, StageSpec};
+use crate::pipeline::{CarryState, Pipeline, PipelineOutput, Runtime, Stage, StageSpec};
 use crate::record::Record;
 
 /// Build every pipeline of a config. Each module file is compiled once,
 /// however many stages use it.
 pub fn build_pipelines(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, Box<BuildError>> {
+    build_with(cfg, rt, &Overlay::new(), None)
+}
+
+/// Which stage a swap carries state into, and how: a pushed module's
+/// manifest decides for its stage (`(pipeline, stage, how)`).
+pub type Carry<'a> = Option<(&'a str, &'a str, CarryState)>;
+
+/// [`build_pipelines`] with pushed modules in place of the configured ones
+/// (`overlay`), and `carry` for the stage a push swaps.
+pub fn build_with(
+    cfg: &Config,
+    rt: &Runtime,
+    overlay: &Overlay,
+    carry: Carry<'_>,
+) -> Result<Vec<Pipeline>, Box<BuildError>> {
     let mut compiled: HashMap<PathBuf, crate::pipeline::CompiledModule> = HashMap::new();
     let mut out = Vec::new();
     for p in &cfg.pipelines {
         let mut stages = Vec::new();
         for s in &p.stages {
-            let path = cfg.module_path(s);
+            let pushed = overlay.get(&(p.name.clone(), s.name.clone()));
+            let path = match pushed {
+                Some(m) => PathBuf::from(format!("{} (pushed)", m.label)),
+                None => cfg.module_path(s),
+            };
             let err = |source| {
                 Box::new(BuildError {
                     pipeline: p.name.clone(),
@@ -28,9 +48,14 @@ pub fn build_pipelines(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, Box<
                     source,
                 })
             };
-            let module = match compiled.get(&path) {
-                Some(m) => m.clone(),
-                None => {
+            let module = match (compiled.get(&path), pushed) {
+                (Some(m), _) => m.clone(),
+                (None, Some(m)) => {
+                    let c = rt.compile(&m.label, &m.wasm).map_err(err)?;
+                    compiled.insert(path.clone(), c.clone());
+                    c
+                }
+                (None, None) => {
                     let m = rt.compile_file(&path).map_err(err)?;
                     compiled.insert(path.clone(), m.clone());
                     m
@@ -39,13 +64,20 @@ pub fn build_pipelines(cfg: &Config, rt: &Runtime) -> Result<Vec<Pipeline>, Box<
             let spec = StageSpec {
                 label: format!("{}/{}", p.name, s.name),
                 module,
-                grants: s.grants.clone(),
+                grants: pushed.map_or_else(|| s.grants.clone(), |m| m.grants.clone()),
                 limits: cfg.stage_limits(p, s),
                 isolation: s.isolation,
                 config: serde_cbor::to_vec(&s.config).expect("a TOML table serializes"),
                 quarantine_after: p.quarantine_after,
             };
-            stages.push(Stage::new(spec).map_err(err)?);
+            let mut stage = Stage::new(spec).map_err(err)?;
+            if let Some((cp, cs, how)) = carry
+                && cp == p.name
+                && cs == s.name
+            {
+                stage.set_carry(how);
+            }
+            stages.push(stage);
         }
         out.push(Pipeline::new(p.name.clone(), stages, p.on_error));
     }
@@ -62,7 +94,17 @@ pub struct Router {
 impl Router {
     /// Build every pipeline of a config with its route.
     pub fn from_config(cfg: &Config, rt: &Runtime) -> Result<Router, Box<BuildError>> {
-        let pipelines = build_pipelines(cfg, rt)?;
+        Router::build(cfg, rt, &Overlay::new(), None)
+    }
+
+    /// [`Router::from_config`] with pushed modules (see [`build_with`]).
+    pub fn build(
+        cfg: &Config,
+        rt: &Runtime,
+        overlay: &Overlay,
+        carry: Carry<'_>,
+    ) -> Result<Router, Box<BuildError>> {
+        let pipelines = build_with(cfg, rt, overlay, carry)?;
         let routes = cfg.pipelines.iter().map(|p| Route {
             sources: p.sources.clone(),
             topics: p.topics.clone(),

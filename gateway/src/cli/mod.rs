@@ -3,7 +3,6 @@
 //! 0 success, 1 runtime or usage error, 2 refused module or invalid config.
 
 mod check;
-mod expect;
 mod module;
 pub(crate) mod output;
 mod run;

@@ -178,7 +178,7 @@ fn test(args: TestArgs) -> Result<(), Failure> {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
             Some(
-                super::expect::parse(&text)
+                crate::pipeline::expect::parse(&text)
                     .map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", p.display())))?,
             )
         }
@@ -287,7 +287,7 @@ fn test(args: TestArgs) -> Result<(), Failure> {
     if let Some(expected) = &expected {
         for i in 0..expected.len().max(outputs.len()) {
             let lines: Vec<String> = match (expected.get(i), outputs.get(i)) {
-                (Some(want), Some((rec, got))) => super::expect::differences(want, got)
+                (Some(want), Some((rec, got))) => crate::pipeline::expect::differences(want, got)
                     .into_iter()
                     .map(|d| {
                         format!(

@@ -13,6 +13,7 @@
 pub mod chain;
 pub mod engine;
 pub mod error;
+pub mod expect;
 pub mod host;
 pub mod json;
 pub mod module;
@@ -26,10 +27,10 @@ pub use chain::{DeadLetter, Pipeline, PipelineOutput};
 pub use engine::Runtime;
 pub use error::{FailureKind, LoadError, StageError};
 pub use module::{CompiledModule, ModuleInfo};
-pub use stage::{Stage, StageMetrics, StageSpec};
+pub use stage::{CarryState, Stage, StageMetrics, StageSpec};
 
 /// A capability a module may be granted in its manifest (the stage config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Grant {
     /// The `log` import.

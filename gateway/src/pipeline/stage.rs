@@ -52,6 +52,10 @@ pub struct StageMetrics {
     pub fuel_used: u64,
     /// Instances created (1 + replacements after traps, or one per record).
     pub instantiations: u64,
+    /// Records given to this module version (since it was swapped in).
+    pub version_in: u64,
+    /// Of them, failed.
+    pub version_failed: u64,
 }
 
 impl StageMetrics {
@@ -85,6 +89,19 @@ pub struct Stage {
     quarantined: bool,
     last_fuel: u64,
     metrics: StageMetrics,
+    carry: CarryState,
+}
+
+/// Whether a stage takes over its predecessor's key/value state on a swap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CarryState {
+    /// When it runs the same module with the same grants and config.
+    #[default]
+    IfSameModule,
+    /// Always (a pushed module whose manifest says `state = "keep"`).
+    Always,
+    /// Never (`state = "reset"`).
+    Never,
 }
 
 impl Stage {
@@ -122,6 +139,7 @@ impl Stage {
             quarantined: false,
             last_fuel: 0,
             metrics: StageMetrics::default(),
+            carry: CarryState::default(),
         };
         let live = stage.instantiate()?;
         if stage.spec.isolation == Isolation::Reuse {
@@ -172,12 +190,28 @@ impl Stage {
     pub fn carry_over(&mut self, old: &mut Stage) -> bool {
         let mut m = old.metrics.clone();
         m.instantiations += self.metrics.instantiations;
-        self.metrics = m;
         let same = self.same_as(old);
-        if same {
+        if self.module_sha256() != old.module_sha256() {
+            // A new version counts its own records (probation reads them).
+            m.version_in = 0;
+            m.version_failed = 0;
+        }
+        self.metrics = m;
+        let keep = match self.carry {
+            CarryState::IfSameModule => same,
+            CarryState::Always => true,
+            CarryState::Never => false,
+        };
+        if keep {
             self.store.data_mut().kv = std::mem::take(&mut old.store.data_mut().kv);
         }
-        same
+        keep
+    }
+
+    /// What [`Stage::carry_over`] does with the old stage's state (a
+    /// pushed module's manifest decides; else: keep it for the same module).
+    pub fn set_carry(&mut self, carry: CarryState) {
+        self.carry = carry;
     }
 
     /// Fuel used by the last record.
@@ -266,11 +300,13 @@ impl Stage {
     /// the next call.
     pub fn process(&mut self, input: &[u8]) -> Result<&Outputs, StageError> {
         self.metrics.records_in += 1;
+        self.metrics.version_in += 1;
         if self.quarantined {
             let e = StageError::Quarantined {
                 failures: self.consecutive_failures,
             };
             self.metrics.failures[FailureKind::Quarantined.index()] += 1;
+            self.metrics.version_failed += 1;
             return Err(e);
         }
         match self.run(input) {
@@ -283,6 +319,7 @@ impl Stage {
             }
             Err(e) => {
                 self.metrics.failures[e.kind().index()] += 1;
+                self.metrics.version_failed += 1;
                 self.consecutive_failures += 1;
                 if self.consecutive_failures >= self.spec.quarantine_after {
                     self.quarantined = true;

@@ -1,4 +1,5 @@
-//! `weir module test --expect FILE`: expected outputs, compared with what a
+//! Expected outputs (`weir module test --expect FILE`, and a bundle's test
+//! vectors), compared with what a
 //! module emitted, output by output. Pure: no I/O, unit-tested below.
 //!
 //! The file is JSON lines, one expected output per line, in the order the
