@@ -2,9 +2,11 @@
 //! arguments, sets up logging and maps errors to exit codes:
 //! 0 success, 1 runtime or usage error, 2 refused module or invalid config.
 
+mod bundle;
 mod check;
 mod module;
 pub(crate) mod output;
+mod push;
 mod run;
 mod serve;
 mod status;
@@ -64,6 +66,17 @@ enum Command {
     /// Ask the running daemon to reload its config and modules (what
     /// `systemctl reload weir` runs); exit 2 with the reason if refused.
     Reload(status::ReloadArgs),
+    /// Write a new Ed25519 key pair for signing module bundles.
+    Keygen(bundle::KeygenArgs),
+    /// The fleet, from the gateways' retained status messages.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Each gateway's state, groups, pushed modules and last result.
+    Status(push::FleetArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -137,6 +150,8 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::status(args),
         Command::Top(args) => status::top(args),
         Command::Reload(args) => status::reload(args),
+        Command::Keygen(args) => bundle::keygen(args),
+        Command::Fleet(FleetCommand::Status(args)) => push::fleet(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

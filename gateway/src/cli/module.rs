@@ -24,11 +24,18 @@ pub(super) enum ModuleCommand {
     /// Run each input record through a module and print outputs, fuel, time
     /// and errors; exit 1 if a record fails or an output differs from `--expect`.
     Test(TestArgs),
+    /// Sign a module and its manifest into a bundle (its test vectors run first).
+    Pack(super::bundle::PackArgs),
+    /// Check a bundle's signature against trusted keys, and its module hash.
+    Verify(super::bundle::VerifyArgs),
+    /// Push a bundle to a gateway or a fleet group over MQTT and wait for
+    /// each result; exit 1 if any is refused, rolled back or missing.
+    Push(super::push::PushArgs),
 }
 
 #[derive(Args)]
 pub(super) struct InspectArgs {
-    /// The module (.wasm, or .wat text).
+    /// The module (.wasm, or .wat text), or a bundle.
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -89,10 +96,18 @@ pub(super) fn run(cmd: ModuleCommand) -> Result<(), Failure> {
     match cmd {
         ModuleCommand::Inspect(a) => inspect(a),
         ModuleCommand::Test(a) => test(a),
+        ModuleCommand::Pack(a) => super::bundle::pack(a),
+        ModuleCommand::Verify(a) => super::bundle::verify(a),
+        ModuleCommand::Push(a) => super::push::push(a),
     }
 }
 
 fn inspect(args: InspectArgs) -> Result<(), Failure> {
+    if let Ok(bytes) = std::fs::read(&args.file)
+        && crate::deploy::bundle::Bundle::looks_like(&bytes)
+    {
+        return super::bundle::inspect_bundle(&args.file, &bytes, args.json);
+    }
     let module = Runtime::new()
         .compile_file(&args.file)
         .map_err(Failure::refused)?;

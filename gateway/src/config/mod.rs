@@ -56,6 +56,10 @@ pub struct Config {
     /// `[status]`: the retained status message over MQTT (off unless present).
     #[serde(default)]
     pub status: Option<crate::metrics::status::StatusConfig>,
+    /// `[modules]`: module pushes over MQTT (off unless present; turns
+    /// `[status]` on, where push results are published).
+    #[serde(default)]
+    pub modules: Option<crate::deploy::ModulesConfig>,
     /// The directory of the config file (modules resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -249,6 +253,17 @@ impl Config {
             serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(error)?;
         cfg.file = file.into();
         cfg.base_dir = base_dir.to_path_buf();
+        // Push results are published with the status: `[modules]` turns
+        // it on, through the same sink, with its defaults.
+        if let Some(m) = &cfg.modules
+            && cfg.status.is_none()
+        {
+            cfg.status = Some(crate::metrics::status::StatusConfig {
+                sink: m.sink.clone(),
+                topic: Some(format!("{}/{{gateway_id}}/status", m.prefix)),
+                every: std::time::Duration::from_secs(60),
+            });
+        }
         cfg.read_password_files()?;
         cfg.validate()?;
         Ok(cfg)
@@ -421,7 +436,65 @@ impl Config {
             };
             return Err(self.err("status.sink", why));
         }
+        if let Some(m) = &self.modules {
+            if let Err((key, message)) = m.check() {
+                return Err(self.err(key, message));
+            }
+            if self.modules_sink().is_none() {
+                let why = match &m.sink {
+                    Some(n) => format!("no MQTT sink is named `{n}`"),
+                    None => "needs an MQTT sink whose broker carries pushes: add one, or remove [modules]".into(),
+                };
+                return Err(self.err("modules.sink", why));
+            }
+            for pipe in m.allow.keys() {
+                if !self.pipelines.iter().any(|p| &p.name == pipe) {
+                    return Err(self.err(
+                        format!("modules.allow.{pipe}"),
+                        format!("no pipeline is named `{pipe}`"),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The MQTT sink whose broker carries module pushes (`[modules] sink`,
+    /// or the first MQTT sink).
+    pub fn modules_sink(&self) -> Option<crate::sinks::SinkConfig> {
+        let m = self.modules.as_ref()?;
+        self.sinks
+            .iter()
+            .find(|s| {
+                s.kind == crate::sinks::SinkType::Mqtt
+                    && m.sink.as_ref().is_none_or(|n| *n == s.name)
+            })
+            .cloned()
+    }
+
+    /// Where pushed modules are kept: `[modules] dir`, or `modules` beside
+    /// the store.
+    pub fn modules_dir(&self) -> PathBuf {
+        match self.modules.as_ref().and_then(|m| m.dir.as_ref()) {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => self.base_dir.join(d),
+            None => self.store_path().with_file_name("modules"),
+        }
+    }
+
+    /// The trusted keys of `[modules]`, read.
+    pub fn trusted_keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, ConfigError> {
+        let Some(m) = &self.modules else {
+            return Ok(Vec::new());
+        };
+        m.keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                crate::deploy::keys::read_trusted(k, &self.base_dir)
+                    .map_err(|e| self.err(format!("modules.keys[{i}]"), e))
+            })
+            .collect()
     }
 
     /// The MQTT sink whose broker gets the status message (`[status] sink`,
@@ -559,6 +632,9 @@ impl Config {
             if let Err(e) = files.client_config() {
                 problems.push(self.err(format!("{at}.{}", e.config_key()), e));
             }
+        }
+        if let Err(e) = self.trusted_keys() {
+            problems.push(e);
         }
         if self
             .sinks()

@@ -322,6 +322,17 @@ pub fn rollback_message(bundle_sha256: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// Sign a rollback authorisation for bundle `bytes` with `key`: the
+/// signer's public key and the signature over [`rollback_message`].
+pub fn authorise_rollback(bytes: &[u8], key: &SigningKey) -> ([u8; 32], [u8; 64]) {
+    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes");
+    let sig = key.sign(&rollback_message(&sha));
+    (key.verifying_key().to_bytes(), sig.to_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

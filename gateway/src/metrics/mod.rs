@@ -116,6 +116,8 @@ pub struct Registry {
     /// Bumped whenever something status shows changes state.
     pub changes: Arc<AtomicU64>,
     beats: Mutex<Vec<Arc<Beat>>>,
+    deployments: Mutex<BTreeMap<String, crate::deploy::ledger::Ledger>>,
+    groups: Mutex<Vec<String>>,
 }
 
 impl Registry {
@@ -134,7 +136,20 @@ impl Registry {
             reloads_refused: AtomicU64::new(0),
             changes: Arc::default(),
             beats: Mutex::default(),
+            deployments: Mutex::default(),
+            groups: Mutex::default(),
         }
+    }
+
+    /// The fleet groups this gateway is in (status shows them).
+    pub fn set_groups(&self, groups: &[String]) {
+        *lock(&self.groups) = groups.to_vec();
+    }
+
+    /// Module `name`'s deployments changed (status publishes them).
+    pub fn deployment(&self, name: &str, ledger: &crate::deploy::ledger::Ledger) {
+        lock(&self.deployments).insert(name.to_string(), ledger.clone());
+        self.changes.fetch_add(1, Relaxed);
     }
 
     /// A heartbeat for worker thread `name`.
@@ -304,6 +319,8 @@ impl Registry {
             },
             reloads: self.reloads.load(Relaxed),
             reloads_refused: self.reloads_refused.load(Relaxed),
+            deployments: lock(&self.deployments).clone(),
+            groups: lock(&self.groups).clone(),
         }
     }
 }
@@ -329,6 +346,10 @@ pub struct Snapshot {
     pub reloads: u64,
     /// Reloads refused.
     pub reloads_refused: u64,
+    /// Pushed modules, by name.
+    pub deployments: BTreeMap<String, crate::deploy::ledger::Ledger>,
+    /// The fleet groups this gateway is in.
+    pub groups: Vec<String>,
 }
 
 /// A source, at one moment.
@@ -454,6 +475,10 @@ pub struct StageStats {
     pub logs_dropped: u64,
     /// Quarantined after too many failures in a row.
     pub quarantined: bool,
+    /// Records given to the running module version (since its swap).
+    pub version_in: u64,
+    /// Of them, failed.
+    pub version_failed: u64,
 }
 
 impl PipelineStats {
@@ -487,6 +512,8 @@ impl PipelineStats {
                         fuel_used: sm.fuel_used,
                         logs_dropped: s.logs_dropped(),
                         quarantined: s.is_quarantined(),
+                        version_in: sm.version_in,
+                        version_failed: sm.version_failed,
                     }
                 })
                 .collect(),

@@ -58,6 +58,8 @@ pub fn message(s: &Snapshot) -> Value {
         "uptime_s": s.uptime_s,
         "at_ms": crate::record::now_ms(),
         "reloads": s.reloads,
+        "groups": s.groups,
+        "pushed": s.deployments.iter().map(|(name, l)| (name.clone(), pushed(l))).collect::<serde_json::Map<_, _>>(),
         "modules": s.pipelines.iter().flat_map(|p| p.stages.iter().map(move |st| json!({
             "pipeline": p.name, "stage": st.name, "module": st.module, "sha256": st.sha256,
             "quarantined": st.quarantined,
@@ -68,6 +70,33 @@ pub fn message(s: &Snapshot) -> Value {
         "sinks": s.sinks.iter().map(|k| json!({
             "name": k.name, "state": k.state, "reason": k.reason,
             "queued": k.queued, "bytes": k.queued_bytes, "oldest_age_s": k.oldest_age_s,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One pushed module in the status message: what runs, what ran before,
+/// and the last results (newest last).
+fn pushed(l: &crate::deploy::ledger::Ledger) -> Value {
+    let d = |d: &Option<crate::deploy::ledger::Deployed>| {
+        d.as_ref().map(|d| {
+            json!({
+                "version": d.version.to_string(), "sha256": d.sha256,
+                "pipeline": d.pipeline, "stage": d.stage,
+            })
+        })
+    };
+    json!({
+        "active": d(&l.active),
+        "previous": d(&l.previous),
+        "on_probation": l.on_probation,
+        "results": l.results.iter().rev().take(8).rev().map(|r| json!({
+            "sha256": r.sha256,
+            "version": r.version.as_ref().map(ToString::to_string),
+            "outcome": r.outcome.as_str(),
+            "code": r.code,
+            "reason": r.reason,
+            "previous": r.previous.as_ref().map(ToString::to_string),
+            "at_ms": r.at_ms,
         })).collect::<Vec<_>>(),
     })
 }
@@ -142,7 +171,7 @@ pub async fn run(
                     Ok(_) => {}
                     Err(e) => break Some(e.to_string()),
                 },
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = stop.changed() => break None,
             }
         };

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod intake;
 pub mod lanes;
+pub mod push;
 pub mod reload;
 pub mod supervise;
 
@@ -29,7 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use lanes::DRAIN_BUDGET;
 
 use crate::config::{Config, SourceConfig};
+use crate::deploy::{Overlay, Pushed};
 use crate::metrics::{Registry, Snapshot, SourceCounters};
+use crate::pipeline::CarryState;
 use crate::pipeline::Runtime;
 use crate::routing::Router;
 use crate::sinks::{self, SinkConfig, SinkMetrics, SinkType};
@@ -60,6 +63,7 @@ impl Default for Options {
 /// A gateway, built and ready to run.
 pub struct Topology {
     cfg: Config,
+    overlay: Overlay,
     opts: Options,
     store: Arc<Store>,
     queues: Vec<(SinkConfig, Arc<Queue>)>,
@@ -72,8 +76,16 @@ pub struct Topology {
 }
 
 /// What a running topology is asked to do.
-enum Request {
+pub(crate) enum Request {
     Reload(Box<Config>, oneshot::Sender<Result<String, String>>),
+    /// Run a pushed module in a stage (`None`: the config's module again),
+    /// swapped in between records.
+    Deploy {
+        stage: (String, String),
+        module: Option<Pushed>,
+        carry: CarryState,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Asks a running topology to reload.
@@ -104,7 +116,10 @@ pub struct Report {
 impl Topology {
     /// Open the store and the sink queues, and load every pipeline.
     pub fn build(cfg: &Config, opts: Options) -> anyhow::Result<Topology> {
-        let router = Router::from_config(cfg, &Runtime::new())?;
+        let registry = Arc::new(Registry::new(&cfg.gateway.id));
+        // Pushed modules kept on disk run again, without the broker.
+        let overlay = push::restore(cfg, &registry)?;
+        let router = Router::build(cfg, &Runtime::new(), &overlay, None)?;
         let sinks = cfg.sinks();
         let mut report = OpenReport::default();
         let store = if sinks.iter().any(SinkConfig::is_durable) {
@@ -123,7 +138,6 @@ impl Topology {
             log_open(&store, &report, &sinks);
         }
         let store = Arc::new(store);
-        let registry = Arc::new(Registry::new(&cfg.gateway.id));
         registry.set_store(store.clone());
         let (tx, requests) = mpsc::unbounded_channel();
         // Bound here, so a taken port fails the start with the reason.
@@ -155,6 +169,7 @@ impl Topology {
             control,
             metrics,
             cfg: cfg.clone(),
+            overlay,
             opts,
             store,
             queues,
@@ -180,6 +195,7 @@ impl Topology {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Report> {
         let Topology {
             mut cfg,
+            mut overlay,
             opts,
             store,
             queues,
@@ -264,6 +280,24 @@ impl Topology {
                 status_stopped,
             ))
         });
+        let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
+        let pusher = cfg
+            .modules
+            .clone()
+            .zip(cfg.modules_sink())
+            .map(|(m, sink)| {
+                tokio::spawn(push::run(
+                    push::Agent::new(
+                        &cfg,
+                        m,
+                        sink,
+                        registry.clone(),
+                        config_rx,
+                        handle.tx.clone(),
+                    ),
+                    status_stop.subscribe(),
+                ))
+            });
         let (control_path, control) = match control {
             Some((p, l)) => (
                 Some(p),
@@ -296,13 +330,14 @@ impl Topology {
                 Some(req) = requests.recv() => match req {
                     Request::Reload(new, reply) => {
                         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                        let r = reload::apply(&cfg, &new, &queues, &ctl, &mut tasks, single).await;
+                        let r = reload::apply(&cfg, &new, &overlay, &queues, &ctl, &mut tasks, single).await;
                         match &r {
                             Ok(what) => {
                                 registry.reloads.fetch_add(1, Relaxed);
                                 registry.changes.fetch_add(1, Relaxed);
                                 tracing::info!(changes = %what, "reloaded");
                                 cfg = *new;
+                                let _ = config_tx.send(Arc::new(cfg.clone()));
                             }
                             Err(why) => {
                                 registry.reloads_refused.fetch_add(1, Relaxed);
@@ -311,6 +346,19 @@ impl Topology {
                         }
                         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
                         let _ = reply.send(r);
+                    }
+                    Request::Deploy { stage, module, carry, reply } => {
+                        let mut next = overlay.clone();
+                        match module {
+                            Some(m) => next.insert(stage.clone(), m),
+                            None => next.remove(&stage),
+                        };
+                        let r = reload::swap_in(&cfg, &next, Some((&stage.0, &stage.1, carry)), &queues, &ctl).await;
+                        if r.is_ok() {
+                            overlay = next;
+                            registry.changes.fetch_add(1, Relaxed);
+                        }
+                        let _ = reply.send(r.map(|_| ()));
                     }
                 },
             }
@@ -334,8 +382,8 @@ impl Topology {
         .await;
         tasks.stop_sinks().await;
         let _ = status_stop.send(true);
-        if let Some(s) = status {
-            let _ = s.await;
+        for t in [status, pusher].into_iter().flatten() {
+            let _ = t.await;
         }
         let worker_ok = matches!(worker, Ok(Ok(Ok(_))));
         let snapshot = registry.snapshot();

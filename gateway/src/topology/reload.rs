@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use super::lanes::Swap;
 use super::{Tasks, fingerprint};
 use crate::config::Config;
+use crate::deploy::Overlay;
 use crate::pipeline::Runtime;
-use crate::routing::Router;
+use crate::routing::{Carry, Router};
 use crate::sinks::SinkConfig;
 use crate::store::Queue;
 
@@ -54,6 +55,21 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
     }
     if old.gateway.control != new.gateway.control {
         return restart("`gateway.control`");
+    }
+    // Trusted keys, the policy and probation apply live; where pushes
+    // come from does not.
+    let from = |c: &Config| {
+        c.modules.as_ref().map(|m| {
+            (
+                m.sink.clone(),
+                m.prefix.clone(),
+                m.groups.clone(),
+                c.modules_dir(),
+            )
+        })
+    };
+    if from(old) != from(new) {
+        return restart("`[modules]` sink, prefix, groups or dir");
     }
     if single && new.pipelines.len() > 1 {
         return restart("going from one pipeline to several (each gets a thread of its own)");
@@ -101,23 +117,26 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
 /// it when it moves again).
 const SWAP_WAIT: Duration = Duration::from_secs(10);
 
-/// Apply `new` to the running topology. `Ok`: a summary of what changed.
-pub(super) async fn apply(
-    old: &Config,
-    new: &Config,
+/// Build the pipelines of `cfg` with `overlay` (every module loaded, as
+/// `weir check` does) and swap them in between records. `Ok`: what the
+/// swap did, in words.
+pub(super) async fn swap_in(
+    cfg: &Config,
+    overlay: &Overlay,
+    carry: Carry<'_>,
     queues: &[(SinkConfig, Arc<Queue>)],
     ctl: &mpsc::UnboundedSender<Swap>,
-    tasks: &mut Tasks,
-    single: bool,
 ) -> Result<String, String> {
-    let plan = plan(old, new, single)?;
     // Load everything first, off the runtime: a module that does not
-    // load refuses the whole reload, and the running pipelines go on.
+    // load refuses the whole change, and the running pipelines go on.
     let loaded = {
-        let new = new.clone();
+        let (cfg, overlay) = (cfg.clone(), overlay.clone());
+        let carry = carry.map(|(p, s, c)| (p.to_string(), s.to_string(), c));
         tokio::task::spawn_blocking(move || {
-            let router = Router::from_config(&new, &Runtime::new()).map_err(|e| e.to_string())?;
-            let problems = new.check_files();
+            let carry = carry.as_ref().map(|(p, s, c)| (p.as_str(), s.as_str(), *c));
+            let router =
+                Router::build(&cfg, &Runtime::new(), &overlay, carry).map_err(|e| e.to_string())?;
+            let problems = cfg.check_files();
             if let Some(p) = problems.first() {
                 return Err(format!("{p} ({} problem(s) found)", problems.len()));
             }
@@ -126,8 +145,8 @@ pub(super) async fn apply(
         .await
         .map_err(|e| e.to_string())?
     };
-    let router = loaded.map_err(|e| format!("{}: {e}", new.file))?;
-    let sinks: Vec<(SinkConfig, Arc<Queue>)> = new
+    let router = loaded.map_err(|e| format!("{}: {e}", cfg.file))?;
+    let sinks: Vec<(SinkConfig, Arc<Queue>)> = cfg
         .sinks()
         .into_iter()
         .filter_map(|s| {
@@ -138,7 +157,7 @@ pub(super) async fn apply(
     let (done, wait) = std::sync::mpsc::channel();
     ctl.send(Swap {
         router,
-        sinks: sinks.clone(),
+        sinks,
         done,
     })
     .map_err(|_| "the pipelines have stopped".to_string())?;
@@ -148,7 +167,7 @@ pub(super) async fn apply(
     let mut summary = String::new();
     match kept {
         Ok(kept) => {
-            let _ = write!(summary, "pipelines swapped ({})", new.pipelines.len());
+            let _ = write!(summary, "pipelines swapped ({})", cfg.pipelines.len());
             let states: Vec<String> = kept
                 .iter()
                 .flat_map(|(p, stages)| stages.iter().map(move |s| format!("{p}/{s}")))
@@ -164,6 +183,30 @@ pub(super) async fn apply(
             );
         }
     }
+    Ok(summary)
+}
+
+/// Apply `new` to the running topology, with the pushed modules of
+/// `overlay`. `Ok`: a summary of what changed.
+pub(super) async fn apply(
+    old: &Config,
+    new: &Config,
+    overlay: &Overlay,
+    queues: &[(SinkConfig, Arc<Queue>)],
+    ctl: &mpsc::UnboundedSender<Swap>,
+    tasks: &mut Tasks,
+    single: bool,
+) -> Result<String, String> {
+    let plan = plan(old, new, single)?;
+    let mut summary = swap_in(new, overlay, None, queues, ctl).await?;
+    let sinks: Vec<(SinkConfig, Arc<Queue>)> = new
+        .sinks()
+        .into_iter()
+        .filter_map(|s| {
+            let q = queues.iter().find(|(o, _)| o.name == s.name)?.1.clone();
+            Some((s, q))
+        })
+        .collect();
     tasks.registry.retain_pipelines(
         &new.pipelines
             .iter()
