@@ -375,7 +375,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
         };
         let r = results(&mut conn, &mut seen, &targets, &module, &b.sha256, deadline, began).await;
         for g in targets.iter().filter(|g| !r.contains_key(*g)) {
-            println!("{g}: no result within {} s", args.wait);
+            println!("{g}: no result within {} s (is it online? brokers drop messages over their size limit without a word: a smaller --chunk-size helps)", args.wait);
             failed += 1;
         }
         failed += r.values().filter(|x| x["outcome"] != "applied").count();
