@@ -216,7 +216,13 @@ impl Agent {
         reason: &str,
     ) {
         let l = self.ledgers.entry(name.to_string()).or_default();
-        let previous = l.active.as_ref().map(|a| a.version.clone());
+        // What ran before this push: for an applied one, the version it
+        // replaced; else the one that runs now.
+        let before = match outcome {
+            Outcome::Applied => &l.previous,
+            Outcome::Refused | Outcome::RolledBack => &l.active,
+        };
+        let previous = before.as_ref().map(|a| a.version.clone());
         let r = Result_ {
             sha256: sha.to_string(),
             version: version.clone(),
@@ -482,6 +488,8 @@ impl Agent {
                     quarantined: s.quarantined,
                 })
                 .unwrap_or_default();
+            tracing::debug!(module = %name, records = sample.records, failed = sample.failed,
+                quarantined = sample.quarantined, "probation");
             match p.probation.observe(sample, now) {
                 Verdict::Running => {}
                 Verdict::Passed(s) => {

@@ -45,7 +45,10 @@ impl Serve {
     pub fn spawn(mut cmd: Command) -> Serve {
         // The caller's WEIR_LOG wins (a test at trace level).
         if !cmd.get_envs().any(|(k, _)| k == "WEIR_LOG") {
-            cmd.env("WEIR_LOG", "info");
+            cmd.env(
+                "WEIR_LOG",
+                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         }
         let mut child = cmd
             .stdout(Stdio::piped())
