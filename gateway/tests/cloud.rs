@@ -370,7 +370,7 @@ fn field_in(line: &str, name: &str) -> u64 {
 
 /// Wait (60 s at most) until a periodic `buffer` log line satisfies `f`.
 fn wait_buffer(weir: &Serve, f: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + common::patience(60);
     while !weir
         .log()
         .lines()
@@ -448,7 +448,7 @@ fn disk_full(policy: &str) -> Option<(Vec<u64>, Vec<u64>, String)> {
     let cloud = Mosquitto::start(&cloud_dir, cloud_port);
     let sub = Sub::start(cloud.port, "cloud-sub", "cloud/#", &[]);
     let last = *kept.last().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + common::patience(60);
     while !seqs(&sub.got()).contains(&last) {
         assert!(Instant::now() < deadline, "{}", weir.log());
         std::thread::sleep(Duration::from_millis(50));
@@ -835,7 +835,7 @@ batch = 5
     let (lines, kept) = readings(500, 31);
     src.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     // CBOR arrays of up to 5 records, hex-printed by mosquitto_sub.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + common::patience(60);
     let mut local = Vec::new();
     while Instant::now() < deadline {
         local = sub
