@@ -250,6 +250,39 @@ pub fn render(s: &Value, prev: Option<(&Value, f64)>) -> String {
             state(k)
         );
     }
+    if let Some(pushed) = s["deployments"].as_object().filter(|m| !m.is_empty()) {
+        let _ = writeln!(
+            o,
+            "\n{:<16} {:<10} {:<10} {:<24} last result",
+            "PUSHED MODULE", "RUNNING", "PREVIOUS", "STAGE"
+        );
+        for (name, l) in pushed {
+            let ver = |d: &Value| d["version"].as_str().unwrap_or("config").to_string();
+            let last = l["results"].as_array().and_then(|a| a.last()).map_or(
+                "-".to_string(),
+                |r| {
+                    let mut t = format!("{} {}", text(&r["version"]), text(&r["outcome"]));
+                    if r["outcome"] != "applied" {
+                        t += &format!(" ({}): {}", text(&r["code"]), text(&r["reason"]));
+                    }
+                    t
+                },
+            );
+            let a = &l["active"];
+            let _ = writeln!(
+                o,
+                "{:<16} {:<10} {:<10} {:<24} {last}",
+                name,
+                ver(a) + if l["on_probation"] == true { "*" } else { "" },
+                ver(&l["previous"]),
+                if a.is_object() {
+                    format!("{}/{}", text(&a["pipeline"]), text(&a["stage"]))
+                } else {
+                    "-".to_string()
+                },
+            );
+        }
+    }
     let st = &s["store"];
     let _ = writeln!(
         o,
