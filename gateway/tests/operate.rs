@@ -5,11 +5,11 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{FreezableDisk, Mosquitto, Serve, Sub, free_port, patience};
+use common::{FreezableDisk, Mosquitto, Serve, Sub, free_port, out_lines, patience};
 
 /// Keep one record in `EVERY` (per topic, counted in the stage's state).
 const EVERY: u64 = 7;
@@ -77,52 +77,13 @@ const MISSING: &str = r#"module = "no_such_module.wasm""#;
 
 /// Publish `n` QoS 1 records at about `rate` per second, from a thread.
 fn stream(port: u16, n: u64, rate: u64) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut child = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-            .args(["-t", "sensors/s1/telemetry", "-l", "-i", "op-pub"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub is installed");
-        let mut stdin = child.stdin.take().unwrap();
-        let began = Instant::now();
-        for i in 0..n {
-            writeln!(stdin, "{{\"n\":{i},\"temp_c\":20.0}}").unwrap();
-            // Paced: record i goes out at i / rate seconds.
-            let due = Duration::from_micros(i * 1_000_000 / rate);
-            if let Some(wait) = due.checked_sub(began.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        drop(stdin);
-        assert!(child.wait().unwrap().success());
+    common::stream(port, "op-pub", n, rate, |i| {
+        format!("{{\"n\":{i},\"temp_c\":20.0}}")
     })
 }
 
-/// The records in the file sink so far.
-fn out_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("out.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn wait_out(dir: &Path, n: usize, weir: &Serve) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + patience(60);
-    loop {
-        let lines = out_lines(dir);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} records arrived\n{}",
-            lines.len(),
-            weir.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_out(dir: &Path, n: usize, w: &Serve) -> Vec<serde_json::Value> {
+    common::wait_out(dir, n, w, 60)
 }
 
 fn hangup(weir: &Serve) {

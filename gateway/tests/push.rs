@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Mosquitto, Serve, free_port, patience};
+use common::{Mosquitto, Serve, free_port, out_lines, patience};
 
 use weir::deploy::bundle::{Bundle, Manifest, NeededLimits, StatePolicy, Vectors};
 use weir::deploy::envelope::{piece_topic, split};
@@ -266,6 +266,16 @@ fn sha_of(file: &Path) -> String {
     weir::deploy::bundle::sha256_hex(&std::fs::read(file).unwrap())
 }
 
+/// `weir fleet status` against the broker on `port`, for group `lab`.
+fn fleet_status(port: u16, json: bool) -> String {
+    let broker = format!("127.0.0.1:{port}");
+    let mut args = vec!["fleet", "status", "--broker", &broker, "--group", "lab"];
+    if json {
+        args.push("--json");
+    }
+    weir(&args).1
+}
+
 /// Publish raw bytes, retained, with mosquitto_pub.
 fn publish_retained(port: u16, topic: &str, payload: &[u8]) {
     let mut child = Command::new("mosquitto_pub")
@@ -285,57 +295,13 @@ fn wait_ready(w: &Serve) {
 
 /// Publish `n` QoS 1 records numbered from `from` at about `rate`/s.
 fn stream(port: u16, from: u64, n: u64, rate: u64) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut child = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-            .args([
-                "-t",
-                "sensors/s1/telemetry",
-                "-l",
-                "-i",
-                &format!("push-pub-{from}"),
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let began = Instant::now();
-        for i in 0..n {
-            writeln!(stdin, "{{\"id\":\"s1\",\"n\":{}}}", from + i).unwrap();
-            let due = Duration::from_micros(i * 1_000_000 / rate);
-            if let Some(wait) = due.checked_sub(began.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        drop(stdin);
-        assert!(child.wait().unwrap().success());
+    common::stream(port, &format!("push-pub-{from}"), n, rate, move |i| {
+        format!("{{\"id\":\"s1\",\"n\":{}}}", from + i)
     })
 }
 
-/// The file sink's records.
-fn out_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("out.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn wait_out(dir: &Path, n: usize, w: &Serve) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + patience(120);
-    loop {
-        let lines = out_lines(dir);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} records arrived\n{}",
-            lines.len(),
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_out(dir, n, w, 120)
 }
 
 /// `(n, v)` of each output, in file order.
@@ -693,25 +659,20 @@ fn a_restart_runs_the_pushed_version_with_the_broker_down() {
     assert_eq!(push(cloud, &["--gateway", "gw-k"], &v1, &[]).0, 0);
     w.stop();
     cb.stop();
+    // Start again, wait for `line` in the log, send record `n`: its mark.
+    let run = |line: &str, n: u64| {
+        let w = Serve::start(&cfg);
+        assert!(w.wait_log(line), "{}", w.log());
+        assert!(w.wait_log("weir is serving"));
+        let rec = format!("{{\"id\":\"s1\",\"n\":{n}}}");
+        lb.publish("5", 1, "sensors/s1/telemetry", &[rec], &[]);
+        let lines = wait_out(&d.join("gw-k"), out_lines(&d.join("gw-k")).len() + 1, &w);
+        w.stop();
+        *marks(&lines).last().unwrap()
+    };
     // The cloud broker is gone; the gateway starts on what it kept.
-    let w = Serve::start(&cfg);
-    assert!(
-        w.wait_log("running the pushed module kept on disk"),
-        "{}",
-        w.log()
-    );
-    assert!(w.wait_log("weir is serving"));
-    lb.publish(
-        "5",
-        1,
-        "sensors/s1/telemetry",
-        &["{\"id\":\"s1\",\"n\":7}".to_string()],
-        &[],
-    );
-    let lines = wait_out(&d.join("gw-k"), 1, &w);
-    assert_eq!(marks(&lines), [(7, 1)]);
+    assert_eq!(run("running the pushed module kept on disk", 7), (7, 1));
     // A damaged kept bundle is not run: the config's module is.
-    w.stop();
     let dir = d.join("gw-k/modules/mark");
     let kept = std::fs::read_dir(&dir)
         .unwrap()
@@ -723,23 +684,7 @@ fn a_restart_runs_the_pushed_version_with_the_broker_down() {
     let at = b.len() / 2;
     b[at] ^= 1;
     std::fs::write(&kept, b).unwrap();
-    let w = Serve::start(&cfg);
-    assert!(
-        w.wait_log("the kept bundle fails verification"),
-        "{}",
-        w.log()
-    );
-    assert!(w.wait_log("weir is serving"));
-    lb.publish(
-        "5",
-        1,
-        "sensors/s1/telemetry",
-        &["{\"id\":\"s1\",\"n\":8}".to_string()],
-        &[],
-    );
-    let lines = wait_out(&d.join("gw-k"), 2, &w);
-    assert_eq!(marks(&lines)[1], (8, 0));
-    w.stop();
+    assert_eq!(run("the kept bundle fails verification", 8), (8, 0));
     lb.stop();
 }
 
@@ -792,15 +737,7 @@ fn a_fleet_of_20_converges_a_late_gateway_catches_up_and_a_failed_canary_stops_t
     // The fleet is online in its status before the push reads it.
     let deadline = Instant::now() + patience(30);
     loop {
-        let (_, out, _) = weir(&[
-            "fleet",
-            "status",
-            "--broker",
-            &format!("127.0.0.1:{port}"),
-            "--group",
-            "lab",
-            "--json",
-        ]);
+        let out = fleet_status(port, true);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         if v.as_array()
             .is_some_and(|a| a.iter().filter(|g| g["state"] == "online").count() == 20)
@@ -843,20 +780,31 @@ fn a_fleet_of_20_converges_a_late_gateway_catches_up_and_a_failed_canary_stops_t
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("the rollout stops here"), "{out}");
-    let (_, table, _) = weir(&[
-        "fleet",
-        "status",
-        "--broker",
-        &format!("127.0.0.1:{port}"),
-        "--group",
-        "lab",
-    ]);
+    let table = fleet_status(port, false);
     assert_eq!(table.matches("mark 2.0.0 refused").count(), 2, "{table}");
     assert_eq!(
         table.lines().filter(|l| l.contains("mark 1.0.0 ")).count(),
         21,
         "{table}"
     );
+    // A gateway that stops is still a member, offline, with what it ran.
+    let mut fleet = fleet;
+    fleet.pop().unwrap().stop();
+    let deadline = Instant::now() + patience(30);
+    loop {
+        let table = fleet_status(port, false);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("gw-19 "))
+            .unwrap_or("")
+            .to_string();
+        if row.contains("offline") {
+            assert!(row.contains("mark 1.0.0"), "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{table}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for w in fleet {
         w.stop();
     }

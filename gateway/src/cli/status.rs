@@ -258,16 +258,17 @@ pub fn render(s: &Value, prev: Option<(&Value, f64)>) -> String {
         );
         for (name, l) in pushed {
             let ver = |d: &Value| d["version"].as_str().unwrap_or("config").to_string();
-            let last = l["results"].as_array().and_then(|a| a.last()).map_or(
-                "-".to_string(),
-                |r| {
-                    let mut t = format!("{} {}", text(&r["version"]), text(&r["outcome"]));
-                    if r["outcome"] != "applied" {
-                        t += &format!(" ({}): {}", text(&r["code"]), text(&r["reason"]));
-                    }
-                    t
-                },
-            );
+            let last =
+                l["results"]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .map_or("-".to_string(), |r| {
+                        let mut t = format!("{} {}", text(&r["version"]), text(&r["outcome"]));
+                        if r["outcome"] != "applied" {
+                            t += &format!(" ({}): {}", text(&r["code"]), text(&r["reason"]));
+                        }
+                        t
+                    });
             let a = &l["active"];
             let _ = writeln!(
                 o,

@@ -31,6 +31,16 @@ pub const FORMAT: u8 = 1;
 /// Longest module name (it is an MQTT topic level and a directory name).
 pub const MAX_NAME: usize = 64;
 
+/// Whether `s` is a valid module name: 1 to [`MAX_NAME`] of `a-z`, `0-9`,
+/// `.`, `_`, `-`, not starting with `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && !s.starts_with('.')
+}
+
 /// What to do with the stage's key/value state on swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,14 +120,7 @@ pub struct Manifest {
 impl Manifest {
     /// Problems with the fields, in words (empty: fine).
     pub fn check(&self) -> Result<(), String> {
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= MAX_NAME
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && !s.starts_with('.')
-        };
-        if !ok(&self.name) {
+        if !valid_name(&self.name) {
             return Err(format!(
                 "name `{}` must be 1 to {MAX_NAME} of a-z, 0-9, `.`, `_`, `-`, not starting with `.`",
                 self.name

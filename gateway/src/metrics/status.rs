@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::common::backoff::jittered;
+use crate::common::backoff::Retry;
 use crate::metrics::{Registry, Snapshot};
 use crate::sinks::SinkConfig;
 
@@ -101,10 +101,19 @@ fn pushed(l: &crate::deploy::ledger::Ledger) -> Value {
     })
 }
 
-fn offline(gateway: &str) -> Vec<u8> {
-    json!({ "gateway": gateway, "state": "offline" })
+/// The last will: offline, with the groups (so a fleet push still counts
+/// the gateway as a member, to reach when it returns).
+fn offline(gateway: &str, groups: &[String]) -> Vec<u8> {
+    json!({ "gateway": gateway, "state": "offline", "groups": groups })
         .to_string()
         .into_bytes()
+}
+
+/// A clean stop: the whole last status, marked offline.
+fn stopped(s: &Snapshot) -> Vec<u8> {
+    let mut m = message(s);
+    m["state"] = json!("offline");
+    m.to_string().into_bytes()
 }
 
 /// Publish the status until `stop`, then publish "offline" and disconnect.
@@ -116,8 +125,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let topic = cfg.topic(&gateway);
-    let mut backoff = Duration::from_millis(500);
-    let mut warned: Option<String> = None;
+    let mut retry = Retry::default();
     loop {
         let opts = crate::sinks::mqtt::options(
             &sink,
@@ -127,22 +135,16 @@ pub async fn run(
         let mut opts = match opts {
             Ok(o) => o,
             Err(e) => {
-                let e = e.to_string();
-                if warned.as_ref() != Some(&e) {
-                    tracing::error!(topic = %topic, error = %e, "status over MQTT cannot connect (the sink's TLS files); retrying");
-                    warned = Some(e);
+                let say = |e: &str| tracing::error!(topic = %topic, error = %e, "status over MQTT cannot connect (the sink's TLS files); retrying");
+                if !retry.wait(e.to_string(), say, &mut stop).await {
+                    return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(jittered(backoff)) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
                 continue;
             }
         };
         opts.set_clean_session(true).set_last_will(LastWill::new(
             &topic,
-            offline(&gateway),
+            offline(&gateway, &registry.snapshot().groups),
             QoS::AtLeastOnce,
             true,
         ));
@@ -162,8 +164,7 @@ pub async fn run(
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
-                        backoff = Duration::from_millis(500);
-                        if warned.take().is_some() {
+                        if retry.connected() {
                             tracing::info!(topic = %topic, "status over MQTT connected again");
                         }
                         seen = u64::MAX;
@@ -179,7 +180,12 @@ pub async fn run(
             None => {
                 // A clean stop: say so, and leave without the will.
                 if connected {
-                    let _ = client.try_publish(&topic, QoS::AtLeastOnce, true, offline(&gateway));
+                    let _ = client.try_publish(
+                        &topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        stopped(&registry.snapshot()),
+                    );
                     let _ = client.try_disconnect();
                     let _ = tokio::time::timeout(Duration::from_secs(2), async {
                         while events.poll().await.is_ok() {}
@@ -189,31 +195,11 @@ pub async fn run(
                 return;
             }
             Some(e) => {
-                if !retry(&topic, e, &mut warned, &mut backoff, &mut stop).await {
+                let say = |e: &str| tracing::warn!(topic = %topic, error = %e, "status over MQTT cannot reach its broker; retrying with backoff");
+                if !retry.wait(e, say, &mut stop).await {
                     return;
                 }
             }
         }
-    }
-}
-
-/// Say why status cannot be published (once per distinct reason), then
-/// wait out the backoff. `false`: the gateway is stopping.
-async fn retry(
-    topic: &str,
-    why: String,
-    warned: &mut Option<String>,
-    backoff: &mut Duration,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    if warned.as_ref() != Some(&why) {
-        tracing::warn!(topic = %topic, error = %why, "status over MQTT cannot reach its broker; retrying with backoff");
-        *warned = Some(why);
-    }
-    let wait = jittered(*backoff);
-    *backoff = (*backoff * 2).min(Duration::from_secs(60));
-    tokio::select! {
-        () = tokio::time::sleep(wait) => true,
-        _ = stop.changed() => false,
     }
 }

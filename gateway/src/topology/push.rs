@@ -17,7 +17,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Request;
-use crate::common::backoff::jittered;
+use crate::common::backoff::Retry;
 use crate::config::Config;
 use crate::deploy::bundle::{Bundle, StatePolicy, rollback_message, sha256_hex};
 use crate::deploy::envelope::{Authorisation, Offer, Piece, Reassembler};
@@ -66,6 +66,9 @@ pub fn restore(cfg: &Config, registry: &Registry) -> anyhow::Result<Overlay> {
                         "the kept bundle fails verification; its stage runs the config's module");
                     ledger.active = None;
                     ledger.on_probation = false;
+                    if let Err(e) = disk.save(&name, &ledger) {
+                        tracing::error!(module = %name, error = %e, "cannot save the module's ledger");
+                    }
                 }
             }
         }
@@ -162,39 +165,8 @@ impl Agent {
         }
     }
 
-    /// The module name and piece index a topic carries, if it is one of
-    /// ours: `<prefix>/<gw>/modules/<name>[/<i>]` or
-    /// `<prefix>/fleet/<group>/modules/<name>[/<i>]`.
     fn module_of(&self, topic: &str) -> Option<String> {
-        let rest = topic
-            .strip_prefix(&self.modules.prefix)?
-            .strip_prefix('/')?;
-        let rest = match rest.strip_prefix(&format!("{}/modules/", self.gateway)) {
-            Some(r) => r,
-            None => {
-                let r = rest.strip_prefix("fleet/")?;
-                let (group, r) = r.split_once('/')?;
-                if !self.modules.groups.iter().any(|g| g == group) {
-                    return None;
-                }
-                r.strip_prefix("modules/")?
-            }
-        };
-        let name = rest.split('/').next()?;
-        crate::deploy::bundle::Manifest {
-            name: name.to_string(),
-            version: semver::Version::new(0, 0, 0),
-            pipeline: "p".into(),
-            stage: "s".into(),
-            grants: vec![],
-            limits: Default::default(),
-            state: StatePolicy::Keep,
-            wasm_sha256: "0".repeat(64),
-            tests: None,
-        }
-        .check()
-        .ok()
-        .map(|()| name.to_string())
+        module_of(&self.modules, &self.gateway, topic)
     }
 
     fn save(&mut self, name: &str) {
@@ -432,15 +404,19 @@ impl Agent {
         tracing::info!(module = %name, version = %b.manifest.version, pipeline = %stage.0, stage = %stage.1,
             state = b.manifest.state.as_str(), swap_ms = began.elapsed().as_millis() as u64,
             "pushed module swapped in between records; on probation");
+        // Probation as the running config sets it (a reload may change it).
+        let m = self.config.borrow().modules.clone();
+        let m = m.as_ref().unwrap_or(&self.modules);
+        let probation = Probation::new(
+            m.probation_records,
+            m.probation,
+            m.max_failure_rate,
+            Instant::now(),
+        );
         self.probations.insert(
             name,
             OnProbation {
-                probation: Probation::new(
-                    self.modules.probation_records,
-                    self.modules.probation,
-                    self.modules.max_failure_rate,
-                    Instant::now(),
-                ),
+                probation,
                 deployed,
             },
         );
@@ -619,6 +595,31 @@ impl Agent {
     }
 }
 
+/// The module name a topic carries, if it is one of this gateway's:
+/// `<prefix>/<gw>/modules/<name>[/<i>]` or
+/// `<prefix>/fleet/<group>/modules/<name>[/<i>]` for one of its groups.
+fn module_of(m: &ModulesConfig, gateway: &str, topic: &str) -> Option<String> {
+    let rest = topic.strip_prefix(&m.prefix)?.strip_prefix('/')?;
+    let rest = match rest.strip_prefix(&format!("{gateway}/modules/")) {
+        Some(r) => r,
+        None => {
+            let (group, r) = rest.strip_prefix("fleet/")?.split_once('/')?;
+            if !m.groups.iter().any(|g| g == group) {
+                return None;
+            }
+            r.strip_prefix("modules/")?
+        }
+    };
+    let (name, index) = match rest.split_once('/') {
+        Some((n, i)) => (n, Some(i)),
+        None => (rest, None),
+    };
+    if index.is_some_and(|i| i.parse::<u16>().is_err()) {
+        return None;
+    }
+    crate::deploy::bundle::valid_name(name).then(|| name.to_string())
+}
+
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
@@ -626,8 +627,7 @@ fn short(sha: &str) -> &str {
 /// Take pushes until `stop`.
 pub async fn run(mut agent: Agent, mut stop: watch::Receiver<bool>) {
     let filters = agent.modules.filters(&agent.gateway);
-    let mut backoff = Duration::from_millis(500);
-    let mut warned: Option<String> = None;
+    let mut retry = Retry::default();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -635,16 +635,10 @@ pub async fn run(mut agent: Agent, mut stop: watch::Receiver<bool>) {
         let mut opts = match crate::sinks::mqtt::options(&agent.sink, &agent.gateway, client_id) {
             Ok(o) => o,
             Err(e) => {
-                let e = e.to_string();
-                if warned.as_ref() != Some(&e) {
-                    tracing::error!(error = %e, "module pushes cannot connect (the sink's TLS files); retrying");
-                    warned = Some(e);
+                let say = |e: &str| tracing::error!(error = %e, "module pushes cannot connect (the sink's TLS files); retrying");
+                if !retry.wait(e.to_string(), say, &mut stop).await {
+                    return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(jittered(backoff)) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
                 continue;
             }
         };
@@ -657,8 +651,7 @@ pub async fn run(mut agent: Agent, mut stop: watch::Receiver<bool>) {
             tokio::select! {
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = Duration::from_millis(500);
-                        if warned.take().is_some() {
+                        if retry.connected() {
                             tracing::info!("module pushes: connected again");
                         }
                         for f in &filters {
@@ -686,13 +679,9 @@ pub async fn run(mut agent: Agent, mut stop: watch::Receiver<bool>) {
                 return;
             }
             Some(e) => {
-                if warned.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "module pushes: the broker cannot be reached; retrying with backoff");
-                    warned = Some(e);
-                }
+                let say = |e: &str| tracing::warn!(error = %e, "module pushes: the broker cannot be reached; retrying with backoff");
                 // Probations go on while the broker is away.
-                let until = tokio::time::Instant::now() + jittered(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                let until = tokio::time::Instant::now() + retry.failed(e, say);
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => break,
@@ -701,6 +690,36 @@ pub async fn run(mut agent: Agent, mut stop: watch::Receiver<bool>) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_name_modules_only_for_this_gateway_and_its_groups() {
+        let m: ModulesConfig =
+            toml::from_str("keys = [\"x\"]\ngroups = [\"lab\"]\n").expect("a [modules] table");
+        let of = |t: &str| module_of(&m, "gw-1", t);
+        assert_eq!(of("weir/gw-1/modules/range").as_deref(), Some("range"));
+        assert_eq!(of("weir/gw-1/modules/range/3").as_deref(), Some("range"));
+        assert_eq!(of("weir/fleet/lab/modules/range").as_deref(), Some("range"));
+        assert_eq!(
+            of("weir/fleet/lab/modules/range/12").as_deref(),
+            Some("range")
+        );
+        for other in [
+            "weir/gw-2/modules/range",
+            "weir/fleet/other/modules/range",
+            "weir/gw-1/status",
+            "other/gw-1/modules/range",
+            "weir/gw-1/modules/UPPER",
+            "weir/gw-1/modules/range/x",
+            "weir/gw-1/modules/",
+        ] {
+            assert_eq!(of(other), None, "{other}");
         }
     }
 }

@@ -117,6 +117,17 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
 /// it when it moves again).
 const SWAP_WAIT: Duration = Duration::from_secs(10);
 
+/// The sinks of `cfg`, each with its queue (queues outlive reloads).
+fn with_queues(cfg: &Config, queues: &[(SinkConfig, Arc<Queue>)]) -> Vec<(SinkConfig, Arc<Queue>)> {
+    cfg.sinks()
+        .into_iter()
+        .filter_map(|s| {
+            let q = queues.iter().find(|(o, _)| o.name == s.name)?.1.clone();
+            Some((s, q))
+        })
+        .collect()
+}
+
 /// Build the pipelines of `cfg` with `overlay` (every module loaded, as
 /// `weir check` does) and swap them in between records. `Ok`: what the
 /// swap did, in words.
@@ -146,14 +157,7 @@ pub(super) async fn swap_in(
         .map_err(|e| e.to_string())?
     };
     let router = loaded.map_err(|e| format!("{}: {e}", cfg.file))?;
-    let sinks: Vec<(SinkConfig, Arc<Queue>)> = cfg
-        .sinks()
-        .into_iter()
-        .filter_map(|s| {
-            let q = queues.iter().find(|(o, _)| o.name == s.name)?.1.clone();
-            Some((s, q))
-        })
-        .collect();
+    let sinks = with_queues(cfg, queues);
     let (done, wait) = std::sync::mpsc::channel();
     ctl.send(Swap {
         router,
@@ -199,14 +203,7 @@ pub(super) async fn apply(
 ) -> Result<String, String> {
     let plan = plan(old, new, single)?;
     let mut summary = swap_in(new, overlay, None, queues, ctl).await?;
-    let sinks: Vec<(SinkConfig, Arc<Queue>)> = new
-        .sinks()
-        .into_iter()
-        .filter_map(|s| {
-            let q = queues.iter().find(|(o, _)| o.name == s.name)?.1.clone();
-            Some((s, q))
-        })
-        .collect();
+    let sinks = with_queues(new, queues);
     tasks.registry.retain_pipelines(
         &new.pipelines
             .iter()

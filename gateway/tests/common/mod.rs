@@ -655,3 +655,63 @@ impl Drop for Thaw {
             .status();
     }
 }
+
+/// Publish `n` QoS 1 messages on `sensors/s1/telemetry` at about `rate`
+/// per second, from a thread, as client `id`: message `i` is `line(i)`.
+pub fn stream(
+    port: u16,
+    id: &str,
+    n: u64,
+    rate: u64,
+    line: impl Fn(u64) -> String + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    let id = id.to_string();
+    std::thread::spawn(move || {
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", "sensors/s1/telemetry", "-l", "-i", &id])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub is installed");
+        let mut stdin = child.stdin.take().unwrap();
+        let began = Instant::now();
+        for i in 0..n {
+            writeln!(stdin, "{}", line(i)).unwrap();
+            // Paced: message i goes out at i / rate seconds.
+            let due = Duration::from_micros(i * 1_000_000 / rate);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    })
+}
+
+/// The JSON lines of the file `dir/out.jsonl` (a file sink) so far.
+pub fn out_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("out.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Wait (bounded by `secs`) until `dir/out.jsonl` holds `n` lines.
+pub fn wait_out(dir: &Path, n: usize, weir: &Serve, secs: u64) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + patience(secs);
+    loop {
+        let lines = out_lines(dir);
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} records arrived\n{}",
+            lines.len(),
+            weir.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
