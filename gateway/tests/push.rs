@@ -664,9 +664,10 @@ fn a_restart_runs_the_pushed_version_with_the_broker_down() {
         let w = Serve::start(&cfg);
         assert!(w.wait_log(line), "{}", w.log());
         assert!(w.wait_log("weir is serving"));
+        let before = out_lines(&d.join("gw-k")).len();
         let rec = format!("{{\"id\":\"s1\",\"n\":{n}}}");
         lb.publish("5", 1, "sensors/s1/telemetry", &[rec], &[]);
-        let lines = wait_out(&d.join("gw-k"), out_lines(&d.join("gw-k")).len() + 1, &w);
+        let lines = wait_out(&d.join("gw-k"), before + 1, &w);
         w.stop();
         *marks(&lines).last().unwrap()
     };

@@ -689,10 +689,12 @@ pub fn stream(
     })
 }
 
-/// The JSON lines of the file `dir/out.jsonl` (a file sink) so far.
+/// The JSON lines of the file `dir/out.jsonl` (a file sink) so far: whole
+/// lines only (the sink may be writing the last one).
 pub fn out_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("out.jsonl"))
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(dir.join("out.jsonl")).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
