@@ -156,6 +156,18 @@ impl Kit {
     /// stage `mark` (the config's module marks v=0), a durable file sink,
     /// and `cloud` (dead letters only) whose broker carries pushes.
     fn config(&self, id: &str, local: u16, cloud: u16, probation: &str) -> PathBuf {
+        self.config_with(id, local, cloud, probation, "")
+    }
+
+    /// [`Kit::config`] with more `[modules]` lines.
+    fn config_with(
+        &self,
+        id: &str,
+        local: u16,
+        cloud: u16,
+        probation: &str,
+        more: &str,
+    ) -> PathBuf {
         let d = self.path().join(id);
         std::fs::create_dir_all(&d).unwrap();
         let text = format!(
@@ -201,6 +213,7 @@ groups = ["lab"]
 probation_records = 200
 probation = "{probation}"
 assembly_timeout = "3s"
+{more}
 [modules.allow]
 p = ["log"]
 "#,
@@ -639,6 +652,78 @@ fn a_module_that_traps_is_rolled_back_on_its_own_while_the_stream_flows() {
         result_for(port, "gw-t", &sha_of(&again))["code"],
         "rolled-back-before"
     );
+    w.stop();
+    broker.stop();
+}
+
+#[test]
+fn an_authorised_rollback_goes_back_and_is_not_left_retained() {
+    let kit = Kit::new();
+    let d = kit.path();
+    let port = free_port();
+    let broker = Mosquitto::start(d, port);
+    let cfg = kit.config_with("gw-b", port, port, "2s", "allow_rollback = true");
+    let w = Serve::start(&cfg);
+    wait_ready(&w);
+    let gw = ["--gateway", "gw-b"];
+    let (v1, v2) = (kit.pack("1.0.0", 1, 0), kit.pack("2.0.0", 2, 0));
+    assert_eq!(push(port, &gw, &v1, &[]).0, 0);
+    assert_eq!(push(port, &gw, &v2, &[]).0, 0);
+    // Without an authorisation, 1.0.0 is the push judged before: the
+    // command says it was applied and replaced since.
+    let (code, out) = push(port, &gw, &v1, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("superseded") && out.contains("2.0.0 runs now"),
+        "{out}"
+    );
+    assert_eq!(
+        status(port, "gw-b")["pushed"]["mark"]["active"]["version"],
+        "2.0.0"
+    );
+    // Authorised by a key the gateway does not trust: refused.
+    let other = d.join("other/weir.key");
+    let (code, out) = push(
+        port,
+        &gw,
+        &v1,
+        &["--rollback", "--key", other.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused (bad-rollback)"), "{out}");
+    // Authorised by a trusted key: back to 1.0.0, from 2.0.0.
+    let key = kit.key();
+    let (code, out) = push(
+        port,
+        &gw,
+        &v1,
+        &["--rollback", "--key", key.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}\n{}", w.log());
+    assert!(out.contains("applied mark 1.0.0 (was 2.0.0)"), "{out}");
+    let s = status(port, "gw-b");
+    assert_eq!(s["pushed"]["mark"]["active"]["version"], "1.0.0", "{s:#}");
+    // The rollback was not retained: the topic holds the last plain push
+    // (1.0.0 again, above), which this gateway has judged, so a reconnect
+    // changes nothing.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-t",
+            "weir/gw-b/modules/mark",
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-F",
+            "%x",
+        ])
+        .output()
+        .unwrap();
+    let retained = hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let piece = weir::deploy::envelope::Piece::decode(&retained).unwrap();
+    assert_eq!(hex::encode(piece.bundle), sha_of(&v1));
+    assert!(piece.rollback.is_none());
     w.stop();
     broker.stop();
 }

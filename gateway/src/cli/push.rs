@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::Failure;
 use crate::common::tls::TlsFiles;
-use crate::deploy::bundle::{Bundle, authorise_rollback};
+use crate::deploy::bundle::{Bundle, authorise_rollback, push_id};
 use crate::deploy::envelope::{piece_topic, split};
 use crate::deploy::keys;
 
@@ -218,17 +218,19 @@ fn in_group(v: &Value, g: &str) -> bool {
         .is_some_and(|a| a.iter().any(|x| x == g))
 }
 
-/// This bundle's result in a gateway's status, if it has one.
-fn result_of<'a>(v: &'a Value, module: &str, sha: &str) -> Option<&'a Value> {
+/// This push's result in a gateway's status, if it has one.
+fn result_of<'a>(v: &'a Value, module: &str, push: &str) -> Option<&'a Value> {
     v["pushed"][module]["results"]
         .as_array()?
         .iter()
         .rev()
-        .find(|r| r["sha256"] == sha)
+        .find(|r| r["push"] == push)
 }
 
-/// Publish the pieces of `bytes` to `base`, retained, and wait for the
-/// broker to take each.
+/// Publish the pieces of `bytes` to `base` and wait for the broker to take
+/// each. Retained, so a gateway that is offline gets it when it returns;
+/// a rollback is not: it goes to the gateways online now, and an old
+/// authorisation is never replayed to one that reconnects.
 async fn publish(
     conn: &mut Conn,
     base: &str,
@@ -243,7 +245,7 @@ async fn publish(
             .publish(
                 piece_topic(base, p.index),
                 QoS::AtLeastOnce,
-                true,
+                rollback.is_none(),
                 p.encode(),
             )
             .await
@@ -264,7 +266,7 @@ async fn results(
     seen: &mut BTreeMap<String, Value>,
     targets: &[String],
     module: &str,
-    sha: &str,
+    (bundle, push): (&str, &str),
     deadline: Instant,
     began: Instant,
 ) -> BTreeMap<String, Value> {
@@ -274,7 +276,19 @@ async fn results(
             if out.contains_key(gw) {
                 continue;
             }
-            if let Some(r) = seen.get(gw).and_then(|v| result_of(v, module, sha)) {
+            if let Some(v) = seen.get(gw)
+                && let Some(r) = result_of(v, module, push)
+            {
+                let mut r = r.clone();
+                // Applied once, and replaced since: not what runs now.
+                let active = &v["pushed"][module]["active"];
+                if r["outcome"] == "applied" && active["sha256"] != bundle {
+                    let now = active["version"].as_str().unwrap_or("the config's module");
+                    r["outcome"] = "superseded".into();
+                    r["code"] = "superseded".into();
+                    r["reason"] = format!("it was applied before; {now} runs now (push a newer version, or --rollback to go back)").into();
+                }
+                let r = &r;
                 let outcome = r["outcome"].as_str().unwrap_or("?");
                 let version = r["version"].as_str().unwrap_or("?");
                 let prev = r["previous"].as_str().unwrap_or("the config's module");
@@ -323,6 +337,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
         _ => None,
     };
     let module = b.manifest.name.clone();
+    let push = push_id(&b.sha256, rollback.as_ref().map(|(_, sig)| sig));
     let chunk = (args.chunk_size.0 as usize).max(1024);
     runtime()?.block_on(async move {
         let mut conn = connect(&args.broker, "push").await?;
@@ -354,7 +369,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
                         publish(&mut conn, &format!("{p}/{gw}/modules/{module}"), &bytes, chunk, rollback).await?;
                     }
                     println!("canary: pushed {module} {} to {} gateway(s) of {group}: {}", b.manifest.version, canaries.len(), canaries.join(" "));
-                    let r = results(&mut conn, &mut seen, &canaries, &module, &b.sha256, deadline, began).await;
+                    let r = results(&mut conn, &mut seen, &canaries, &module, (&b.sha256, &push), deadline, began).await;
                     let bad = canaries.iter().filter(|g| r.get(*g).is_none_or(|x| x["outcome"] != "applied")).count();
                     if bad > args.max_failures {
                         for g in canaries.iter().filter(|g| !r.contains_key(*g)) {
@@ -373,7 +388,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
             }
             (None, None) => unreachable!("clap requires one"),
         };
-        let r = results(&mut conn, &mut seen, &targets, &module, &b.sha256, deadline, began).await;
+        let r = results(&mut conn, &mut seen, &targets, &module, (&b.sha256, &push), deadline, began).await;
         for g in targets.iter().filter(|g| !r.contains_key(*g)) {
             println!("{g}: no result within {} s (is it online? brokers drop messages over their size limit without a word: a smaller --chunk-size helps)", args.wait);
             failed += 1;

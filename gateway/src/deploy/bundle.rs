@@ -325,6 +325,16 @@ pub fn rollback_message(bundle_sha256: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// A push's identity, by which gateways report its result: the bundle's
+/// SHA-256; for a rollback push, that plus its authorisation (the same
+/// bundle pushed again as a rollback is another push).
+pub fn push_id(bundle_sha256: &str, rollback_signature: Option<&[u8; 64]>) -> String {
+    match rollback_signature {
+        None => bundle_sha256.to_string(),
+        Some(sig) => format!("{bundle_sha256}+rollback-{}", &sha256_hex(sig)[..16]),
+    }
+}
+
 /// Sign a rollback authorisation for bundle `bytes` with `key`: the
 /// signer's public key and the signature over [`rollback_message`].
 pub fn authorise_rollback(bytes: &[u8], key: &SigningKey) -> ([u8; 32], [u8; 64]) {

@@ -44,6 +44,9 @@ pub struct Deployed {
     pub key: String,
     /// When it passed verification, ms since the epoch.
     pub verified_ms: u64,
+    /// The push that brought it (see `bundle::push_id`).
+    #[serde(default)]
+    pub push: String,
 }
 
 impl Deployed {
@@ -58,6 +61,7 @@ impl Deployed {
             grants: b.manifest.grants.clone(),
             key: hex::encode(b.key),
             verified_ms: now_ms,
+            push: b.sha256.clone(),
         }
     }
 }
@@ -90,6 +94,9 @@ impl Outcome {
 pub struct Result_ {
     /// The bundle's SHA-256.
     pub sha256: String,
+    /// The push (see `bundle::push_id`; the bundle's SHA-256 unless a rollback).
+    #[serde(default)]
+    pub push: String,
     /// Its version, when the bundle could be read.
     pub version: Option<semver::Version>,
     /// What happened.
@@ -127,9 +134,12 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// The result for bundle `sha256`, if it has one.
-    pub fn result_for(&self, sha256: &str) -> Option<&Result_> {
-        self.results.iter().rev().find(|r| r.sha256 == sha256)
+    /// The result of push `push`, if it has one.
+    pub fn result_for(&self, push: &str) -> Option<&Result_> {
+        self.results
+            .iter()
+            .rev()
+            .find(|r| r.push == push || (r.push.is_empty() && r.sha256 == push))
     }
 
     /// Record a result, keeping the last [`HISTORY`].
@@ -307,6 +317,7 @@ mod tests {
         for i in 0..20 {
             l.push_result(Result_ {
                 sha256: format!("{i}"),
+                push: format!("{i}"),
                 version: None,
                 outcome: Outcome::Refused,
                 code: "x".into(),

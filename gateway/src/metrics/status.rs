@@ -91,6 +91,7 @@ fn pushed(l: &crate::deploy::ledger::Ledger) -> Value {
         "on_probation": l.on_probation,
         "results": l.results.iter().rev().take(8).rev().map(|r| json!({
             "sha256": r.sha256,
+            "push": if r.push.is_empty() { &r.sha256 } else { &r.push },
             "version": r.version.as_ref().map(ToString::to_string),
             "outcome": r.outcome.as_str(),
             "code": r.code,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::Request;
 use crate::common::backoff::Retry;
 use crate::config::Config;
-use crate::deploy::bundle::{Bundle, StatePolicy, rollback_message, sha256_hex};
+use crate::deploy::bundle::{Bundle, StatePolicy, push_id, rollback_message, sha256_hex};
 use crate::deploy::envelope::{Authorisation, Offer, Piece, Reassembler};
 use crate::deploy::gate::{self, Refusal, Target};
 use crate::deploy::ledger::{Deployed, Disk, Ledger, Outcome, Result_};
@@ -178,10 +178,12 @@ impl Agent {
     }
 
     /// Record `outcome` for bundle `sha` of module `name`, publish it.
+    #[allow(clippy::too_many_arguments)]
     fn result(
         &mut self,
         name: &str,
         sha: &str,
+        push: &str,
         version: Option<semver::Version>,
         outcome: Outcome,
         code: &str,
@@ -197,6 +199,7 @@ impl Agent {
         let previous = before.as_ref().map(|a| a.version.clone());
         let r = Result_ {
             sha256: sha.to_string(),
+            push: push.to_string(),
             version: version.clone(),
             outcome,
             code: code.to_string(),
@@ -224,10 +227,10 @@ impl Agent {
 
     /// Whether bundle `sha` of `name` was judged already (a retained
     /// message seen again after a reconnect).
-    fn judged(&self, name: &str, sha: &str) -> bool {
+    fn judged(&self, name: &str, sha: &str, push: &str) -> bool {
         self.ledgers.get(name).is_some_and(|l| {
-            l.active.as_ref().is_some_and(|a| a.sha256 == sha)
-                || l.result_for(sha)
+            (push == sha && l.active.as_ref().is_some_and(|a| a.sha256 == sha))
+                || l.result_for(push)
                     .is_some_and(|r| !TRANSIENT.contains(&r.code.as_str()))
         })
     }
@@ -235,17 +238,20 @@ impl Agent {
     /// A whole bundle arrived for module `name`.
     async fn arrived(&mut self, name: String, bytes: Vec<u8>, rollback: Option<Authorisation>) {
         let sha = sha256_hex(&bytes);
-        if self.judged(&name, &sha) {
+        let push = push_id(&sha, rollback.as_ref().map(|(_, sig)| sig));
+        if self.judged(&name, &sha, &push) {
             tracing::debug!(module = %name, bundle = %short(&sha), "bundle seen before; nothing to do");
             return;
         }
         if self.probations.contains_key(&name) {
             // One at a time per module: this one goes after the probation.
-            if let Some((old, _)) = self.waiting.insert(name.clone(), (bytes, rollback)) {
+            if let Some((old, old_rb)) = self.waiting.insert(name.clone(), (bytes, rollback)) {
                 let old_sha = sha256_hex(&old);
+                let old_push = push_id(&old_sha, old_rb.as_ref().map(|(_, sig)| sig));
                 self.result(
                     &name,
                     &old_sha,
+                    &old_push,
                     None,
                     Outcome::Refused,
                     "superseded",
@@ -256,10 +262,16 @@ impl Agent {
             return;
         }
         match self.admit(&name, &bytes, rollback).await {
-            Ok((b, target_carry)) => self.swap(name, b, &bytes, target_carry).await,
-            Err((version, r)) => {
-                self.result(&name, &sha, version, Outcome::Refused, r.code, &r.reason)
-            }
+            Ok((b, target_carry)) => self.swap(name, b, &bytes, &push, target_carry).await,
+            Err((version, r)) => self.result(
+                &name,
+                &sha,
+                &push,
+                version,
+                Outcome::Refused,
+                r.code,
+                &r.reason,
+            ),
         }
     }
 
@@ -371,13 +383,14 @@ impl Agent {
     }
 
     /// Step 5: swap in, keep on disk, start probation.
-    async fn swap(&mut self, name: String, b: Bundle, bytes: &[u8], c: CarryState) {
+    async fn swap(&mut self, name: String, b: Bundle, bytes: &[u8], push: &str, c: CarryState) {
         let stage = (b.manifest.pipeline.clone(), b.manifest.stage.clone());
         if let Err(e) = self.disk.save_bundle(&name, &b.sha256, bytes) {
             let v = Some(b.manifest.version.clone());
             return self.result(
                 &name,
                 &b.sha256,
+                push,
                 v,
                 Outcome::Refused,
                 "disk",
@@ -389,10 +402,13 @@ impl Agent {
             Ok(()) => {}
             Err(e) => {
                 let v = Some(b.manifest.version.clone());
-                return self.result(&name, &b.sha256, v, Outcome::Refused, "swap", &e);
+                return self.result(&name, &b.sha256, push, v, Outcome::Refused, "swap", &e);
             }
         }
-        let deployed = Deployed::of(&b, now_ms());
+        let deployed = Deployed {
+            push: push.to_string(),
+            ..Deployed::of(&b, now_ms())
+        };
         let l = self.ledgers.entry(name.clone()).or_default();
         // The one before goes to `previous`, unless it was the version
         // being rolled back to anyway.
@@ -480,6 +496,7 @@ impl Agent {
                     self.result(
                         &name,
                         &p.deployed.sha256,
+                        push_of(&p.deployed),
                         Some(p.deployed.version.clone()),
                         Outcome::Applied,
                         "applied",
@@ -531,6 +548,7 @@ impl Agent {
         self.result(
             name,
             &bad.sha256,
+            push_of(&bad),
             Some(bad.version.clone()),
             Outcome::RolledBack,
             "probation",
@@ -560,8 +578,8 @@ impl Agent {
             Ok(p) => p,
             Err(e) => {
                 let sha = sha256_hex(payload);
-                if !self.judged(&name, &sha) {
-                    self.result(&name, &sha, None, Outcome::Refused, "format", &e);
+                if !self.judged(&name, &sha, &sha) {
+                    self.result(&name, &sha, &sha, None, Outcome::Refused, "format", &e);
                 }
                 return;
             }
@@ -577,7 +595,15 @@ impl Agent {
                 module,
                 bundle,
                 reason,
-            } => self.result(&module, &bundle, None, Outcome::Refused, "partial", &reason),
+            } => self.result(
+                &module,
+                &bundle,
+                &bundle,
+                None,
+                Outcome::Refused,
+                "partial",
+                &reason,
+            ),
         }
     }
 
@@ -589,7 +615,15 @@ impl Agent {
                 reason,
             } = o
             {
-                self.result(&module, &bundle, None, Outcome::Refused, "partial", &reason);
+                self.result(
+                    &module,
+                    &bundle,
+                    &bundle,
+                    None,
+                    Outcome::Refused,
+                    "partial",
+                    &reason,
+                );
             }
         }
     }
@@ -618,6 +652,15 @@ fn module_of(m: &ModulesConfig, gateway: &str, topic: &str) -> Option<String> {
         return None;
     }
     crate::deploy::bundle::valid_name(name).then(|| name.to_string())
+}
+
+/// The push that brought `d` (older ledgers: its bundle's hash).
+fn push_of(d: &Deployed) -> &str {
+    if d.push.is_empty() {
+        &d.sha256
+    } else {
+        &d.push
+    }
 }
 
 fn short(sha: &str) -> &str {
