@@ -427,15 +427,7 @@ impl Config {
                 return Err(self.err(format!("{at}.{key}"), message));
             }
         }
-        if let Some(st) = &self.status
-            && self.status_sink().is_none()
-        {
-            let why = match &st.sink {
-                Some(n) => format!("no MQTT sink is named `{n}`"),
-                None => "needs an MQTT sink to publish through: add one, or remove [status]".into(),
-            };
-            return Err(self.err("status.sink", why));
-        }
+        // `[modules]` first: it may have turned `[status]` on.
         if let Some(m) = &self.modules {
             if let Err((key, message)) = m.check() {
                 return Err(self.err(key, message));
@@ -455,6 +447,15 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(st) = &self.status
+            && self.status_sink().is_none()
+        {
+            let why = match &st.sink {
+                Some(n) => format!("no MQTT sink is named `{n}`"),
+                None => "needs an MQTT sink to publish through: add one, or remove [status]".into(),
+            };
+            return Err(self.err("status.sink", why));
         }
         Ok(())
     }
@@ -608,7 +609,8 @@ impl Config {
 
     /// What the daemon needs from the file system, beyond the config's
     /// own consistency: every TLS file readable (by the user running this)
-    /// and holding what its key says, and the store's directory writable.
+    /// and holding what its key says, every trusted module key readable,
+    /// and the store's and the pushed modules' directories writable.
     /// `weir check` fails on these; `weir serve` starts anyway, and the
     /// source or sink concerned logs the problem and retries until the file
     /// is fixed. Returns every problem, not only the first.
@@ -649,6 +651,13 @@ impl Config {
                     problems.push(self.err("store.path", format!("{}: {why}", path.display())));
                     break;
                 }
+            }
+        }
+        // Pushed bundles and their ledgers are kept there.
+        if self.modules.is_some() {
+            let dir = self.modules_dir();
+            if let Err(why) = writable_dir(&dir) {
+                problems.push(self.err("modules.dir", format!("{}: {why}", dir.display())));
             }
         }
         problems

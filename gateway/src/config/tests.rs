@@ -218,3 +218,52 @@ fn modules_dir_is_relative_to_the_config() {
         dir.path().join("mods/m.wasm")
     );
 }
+
+#[test]
+fn modules_are_checked_and_turn_status_on() {
+    let dir = dir_with_module();
+    let sink = "\n[[sink]]\nname = \"cloud\"\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\n";
+    let key = "0".repeat(63) + "1";
+    let with = |m: &str| format!("{GOOD}{sink}\n[modules]\n{m}\n");
+    let cfg = parse(
+        dir.path(),
+        &with(&format!(
+            "keys = [\"{key}\"]\ngroups = [\"lab\"]\n[modules.allow]\nw1 = [\"log\"]"
+        )),
+    )
+    .unwrap();
+    let st = cfg.status.as_ref().expect("[modules] turns [status] on");
+    assert_eq!(st.topic("gw-1"), "weir/gw-1/status");
+    assert_eq!(cfg.modules_sink().unwrap().name, "cloud");
+    assert!(cfg.modules_dir().ends_with("weir-state/modules"));
+    let bad = [
+        ("groups = [\"lab\"]", "modules.keys"),
+        (
+            &*format!("keys = [\"{key}\"]\nsink = \"nope\""),
+            "modules.sink",
+        ),
+        (
+            &*format!("keys = [\"{key}\"]\ngroups = [\"a/b\"]"),
+            "modules.groups",
+        ),
+        (
+            &*format!("keys = [\"{key}\"]\nmax_failure_rate = 2.0"),
+            "modules.max_failure_rate",
+        ),
+        (
+            &*format!("keys = [\"{key}\"]\n[modules.allow]\nnope = []"),
+            "modules.allow.nope",
+        ),
+    ];
+    for (m, key_want) in bad {
+        let e = parse(dir.path(), &with(m)).unwrap_err();
+        assert_eq!(e.key, key_want, "{m}: {e}");
+    }
+    // A key file that cannot be read is a file problem, found by `weir check`.
+    let cfg = parse(dir.path(), &with("keys = [\"missing.pub\"]")).unwrap();
+    let problems = cfg.check_files();
+    assert!(
+        problems.iter().any(|p| p.key == "modules.keys[0]"),
+        "{problems:?}"
+    );
+}

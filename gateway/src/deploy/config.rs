@@ -25,6 +25,7 @@ pub struct ModulesConfig {
     pub groups: Vec<String>,
     /// Trusted public keys: `.pub` file paths (relative to the config) or
     /// 64 hex digits. A bundle signed by any other key is refused.
+    #[serde(default)]
     pub keys: Vec<String>,
     /// The policy: per pipeline, the grants a pushed module may have. A
     /// pipeline not listed takes no pushed modules.
