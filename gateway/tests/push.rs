@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Mosquitto, Serve, free_port, out_lines, patience};
+use common::{Mosquitto, Serve, SmallDisk, free_port, out_lines, patience};
 
 use weir::deploy::bundle::{Bundle, Manifest, NeededLimits, StatePolicy, Vectors};
 use weir::deploy::envelope::{piece_topic, split};
@@ -724,6 +724,44 @@ fn an_authorised_rollback_goes_back_and_is_not_left_retained() {
     let piece = weir::deploy::envelope::Piece::decode(&retained).unwrap();
     assert_eq!(hex::encode(piece.bundle), sha_of(&v1));
     assert!(piece.rollback.is_none());
+    w.stop();
+    broker.stop();
+}
+
+#[test]
+fn a_full_disk_refuses_a_push_until_there_is_room_and_the_running_version_goes_on() {
+    let kit = Kit::new();
+    let d = kit.path();
+    // The pushed modules' directory on a small filesystem of its own.
+    let disk = match SmallDisk::mount(&d.join("mods"), "2m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED a_full_disk_refuses_a_push: {why}");
+            return;
+        }
+    };
+    let port = free_port();
+    let broker = Mosquitto::start(d, port);
+    let more = format!("dir = {:?}", d.join("mods").display().to_string());
+    let cfg = kit.config_with("gw-f", port, port, "2s", &more);
+    let w = Serve::start(&cfg);
+    wait_ready(&w);
+    let gw = ["--gateway", "gw-f"];
+    let (v1, v2) = (kit.pack("1.0.0", 1, 0), kit.pack("2.0.0", 2, 0));
+    assert_eq!(push(port, &gw, &v1, &[]).0, 0);
+    disk.fill();
+    let (code, out) = push(port, &gw, &v2, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused (disk)"), "{out}");
+    assert_eq!(
+        status(port, "gw-f")["pushed"]["mark"]["active"]["version"],
+        "1.0.0"
+    );
+    // Room again: the same push is judged anew, and applied.
+    disk.free();
+    let (code, out) = push(port, &gw, &v2, &[]);
+    assert_eq!(code, 0, "{out}\n{}", w.log());
+    assert!(out.contains("applied mark 2.0.0 (was 1.0.0)"), "{out}");
     w.stop();
     broker.stop();
 }

@@ -22,6 +22,7 @@ use crate::common::tls::TlsFiles;
 use crate::deploy::bundle::{Bundle, authorise_rollback, push_id};
 use crate::deploy::envelope::{piece_topic, split};
 use crate::deploy::keys;
+use crate::deploy::ledger::TRANSIENT;
 
 /// How to reach the broker.
 #[derive(Args, Clone)]
@@ -259,17 +260,63 @@ async fn publish(
     Ok(pieces.len())
 }
 
-/// Wait until every gateway of `targets` has a result for `sha`, or the
+/// The results a push waits for.
+struct Wanted<'a> {
+    module: &'a str,
+    bundle: &'a str,
+    push: &'a str,
+    /// Per gateway, a transient refusal of this push from before it was
+    /// sent (`at_ms`): not its answer, since the push is judged anew.
+    stale: BTreeMap<String, u64>,
+}
+
+impl<'a> Wanted<'a> {
+    fn new(
+        module: &'a str,
+        bundle: &'a str,
+        push: &'a str,
+        seen: &BTreeMap<String, Value>,
+    ) -> Self {
+        let stale = seen
+            .iter()
+            .filter_map(|(gw, v)| {
+                let r = result_of(v, module, push)?;
+                let code = r["code"].as_str()?;
+                TRANSIENT
+                    .contains(&code)
+                    .then(|| Some((gw.clone(), r["at_ms"].as_u64()?)))?
+            })
+            .collect();
+        Wanted {
+            module,
+            bundle,
+            push,
+            stale,
+        }
+    }
+
+    /// Gateway `gw`'s answer to this push in its status `v`, if it has one.
+    fn answer<'v>(&self, gw: &str, v: &'v Value) -> Option<&'v Value> {
+        let r = result_of(v, self.module, self.push)?;
+        let old = self
+            .stale
+            .get(gw)
+            .is_some_and(|t| r["at_ms"].as_u64() == Some(*t));
+        (!old).then_some(r)
+    }
+}
+
+/// Wait until every gateway of `targets` has answered `want`, or the
 /// deadline. Prints each as it comes. Returns the results by gateway.
 async fn results(
     conn: &mut Conn,
     seen: &mut BTreeMap<String, Value>,
     targets: &[String],
-    module: &str,
-    (bundle, push): (&str, &str),
+    want: &Wanted<'_>,
     deadline: Instant,
     began: Instant,
 ) -> BTreeMap<String, Value> {
+    let (module, bundle) = (want.module, want.bundle);
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
     loop {
         for gw in targets {
@@ -277,7 +324,7 @@ async fn results(
                 continue;
             }
             if let Some(v) = seen.get(gw)
-                && let Some(r) = result_of(v, module, push)
+                && let Some(r) = want.answer(gw, v)
             {
                 let mut r = r.clone();
                 // Applied once, and replaced since: not what runs now.
@@ -343,6 +390,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
         let mut conn = connect(&args.broker, "push").await?;
         let mut seen = BTreeMap::new();
         gather(&mut conn, &mut seen, Duration::from_millis(700), Duration::from_secs(5)).await;
+        let want = Wanted::new(&module, &b.sha256, &push, &seen);
         let began = Instant::now();
         let deadline = began + Duration::from_secs(args.wait);
         let p = &args.broker.prefix;
@@ -369,7 +417,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
                         publish(&mut conn, &format!("{p}/{gw}/modules/{module}"), &bytes, chunk, rollback).await?;
                     }
                     println!("canary: pushed {module} {} to {} gateway(s) of {group}: {}", b.manifest.version, canaries.len(), canaries.join(" "));
-                    let r = results(&mut conn, &mut seen, &canaries, &module, (&b.sha256, &push), deadline, began).await;
+                    let r = results(&mut conn, &mut seen, &canaries, &want, deadline, began).await;
                     let bad = canaries.iter().filter(|g| r.get(*g).is_none_or(|x| x["outcome"] != "applied")).count();
                     if bad > args.max_failures {
                         for g in canaries.iter().filter(|g| !r.contains_key(*g)) {
@@ -388,7 +436,7 @@ pub(super) fn push(args: PushArgs) -> Result<(), Failure> {
             }
             (None, None) => unreachable!("clap requires one"),
         };
-        let r = results(&mut conn, &mut seen, &targets, &module, (&b.sha256, &push), deadline, began).await;
+        let r = results(&mut conn, &mut seen, &targets, &want, deadline, began).await;
         for g in targets.iter().filter(|g| !r.contains_key(*g)) {
             println!("{g}: no result within {} s (is it online? brokers drop messages over their size limit without a word: a smaller --chunk-size helps)", args.wait);
             failed += 1;

@@ -25,6 +25,11 @@ use crate::pipeline::Grant;
 /// How many results a module keeps.
 pub const HISTORY: usize = 16;
 
+/// Codes of refusals that say nothing about the bundle itself (cut short
+/// in transit, superseded while waiting, no room on disk): the same push
+/// may come again and is then judged anew.
+pub const TRANSIENT: &[&str] = &["partial", "superseded", "disk"];
+
 /// A deployed bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployed {

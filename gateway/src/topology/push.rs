@@ -22,17 +22,13 @@ use crate::config::Config;
 use crate::deploy::bundle::{Bundle, StatePolicy, push_id, rollback_message, sha256_hex};
 use crate::deploy::envelope::{Authorisation, Offer, Piece, Reassembler};
 use crate::deploy::gate::{self, Refusal, Target};
-use crate::deploy::ledger::{Deployed, Disk, Ledger, Outcome, Result_};
+use crate::deploy::ledger::{Deployed, Disk, Ledger, Outcome, Result_, TRANSIENT};
 use crate::deploy::probation::{Probation, Sample, Verdict};
 use crate::deploy::{ModulesConfig, Overlay, Pushed};
 use crate::metrics::Registry;
 use crate::pipeline::{CarryState, Runtime};
 use crate::record::now_ms;
 use crate::sinks::SinkConfig;
-
-/// Codes of refusals that say nothing about the bundle itself: the same
-/// bundle may come again whole, and is then judged.
-const TRANSIENT: &[&str] = &["partial", "superseded"];
 
 /// Load the pushed modules kept on disk into an overlay, for a start
 /// without the broker. A kept bundle that no longer verifies (a key no
