@@ -94,7 +94,11 @@ pub async fn run(
         opts.set_clean_session(true)
             .set_inflight(window as u16)
             .set_max_packet_size(65_536, max_payload + 65_536);
-        Some(AsyncClient::new(opts, window + 16))
+        let (client, mut events) = AsyncClient::new(opts, window + 16);
+        // Each publish leaves at once (rumqttc writes one per request):
+        // Nagle would hold it for the broker's delayed ACK.
+        events.network_options.set_tcp_nodelay(true);
+        Some((client, events))
     };
     let mut backoff = Duration::from_millis(250);
     let mut retry_at: Option<Instant> = None;

@@ -15,14 +15,20 @@ pub struct StoreConfig {
     /// The database directory. Default: `$STATE_DIRECTORY/store` under
     /// systemd, else `weir-state/store` next to the config file.
     pub path: Option<PathBuf>,
-    /// How often a batch is written and synced: `"0ms"` (default) whenever
-    /// the input runs dry: lowest latency and highest throughput, since a
-    /// broker's in-flight window waits on the sync; at low rates that is a
-    /// sync per record. A positive interval batches at most that long:
-    /// less CPU, more latency, and at most window / interval records/s.
-    /// Records are acknowledged upstream only once synced, either way.
-    #[serde(default = "default_sync_every", deserialize_with = "duration")]
-    pub sync_every: Duration,
+    /// The group-commit window: the longest a record waits for its batch
+    /// to be synced while records keep coming. A record that comes after
+    /// a quiet spell of at least the window is synced at once; while
+    /// records keep coming, a pipeline syncs at most once per window, or
+    /// sooner once a source that waits for acknowledgements (MQTT QoS 1)
+    /// goes quiet. `"0ms"`: sync whenever the input runs dry (a sync per
+    /// record at low rates). Records are acknowledged upstream only once
+    /// synced, either way. (`sync_every` is its old name.)
+    #[serde(
+        default = "default_commit_window",
+        deserialize_with = "duration",
+        alias = "sync_every"
+    )]
+    pub commit_window: Duration,
     /// Also `fdatasync` the database file after sled's flush (power-loss
     /// safety; sled alone uses `sync_file_range`). Default true.
     #[serde(default = "yes")]
@@ -36,15 +42,15 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: None,
-            sync_every: default_sync_every(),
+            commit_window: default_commit_window(),
             fsync: true,
             cache: default_cache(),
         }
     }
 }
 
-fn default_sync_every() -> Duration {
-    Duration::ZERO
+fn default_commit_window() -> Duration {
+    Duration::from_millis(5)
 }
 
 fn yes() -> bool {

@@ -4,7 +4,7 @@
 //!
 //! Acknowledgements travel with their batch to the sync thread
 //! ([`run_syncer`]), which syncs each batch as it comes (group commit; the
-//! pipeline thread paces batches by `sync_every`), then acknowledges and
+//! pipeline thread closes batches by its commit window), then acknowledges and
 //! wakes the sinks.
 
 use std::sync::Arc;

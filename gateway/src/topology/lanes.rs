@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::intake::{Intake, Pending};
+use super::window::Window;
 use crate::metrics::{Beat, Registry};
 use crate::routing::{Route, Router};
 use crate::sinks::SinkConfig;
@@ -50,7 +51,8 @@ pub struct Shared {
     pub syncer: std_mpsc::Sender<Pending>,
     pub stopping: Arc<AtomicBool>,
     pub registry: Arc<Registry>,
-    pub sync_every: Duration,
+    /// The group-commit window ([`Window`]).
+    pub commit_window: Duration,
 }
 
 impl Shared {
@@ -78,15 +80,29 @@ enum Next {
 }
 
 /// Wait for the next input or swap, on `rt` (a current-thread runtime of
-/// the calling thread), up to `until`.
+/// the calling thread), up to `until`; take no input before `rest`
+/// (inputs gather in the channel meanwhile: one wake for many).
 fn next(
     rt: &tokio::runtime::Runtime,
     rx: &mut mpsc::Receiver<Item>,
     ctl: &mut mpsc::UnboundedReceiver<Swap>,
+    rest: Option<Instant>,
     until: Option<Instant>,
 ) -> Next {
     if let Ok(s) = ctl.try_recv() {
         return Next::Swap(s);
+    }
+    if let Some(t) = rest.filter(|&t| t > Instant::now()) {
+        let swap = rt.block_on(async {
+            tokio::select! {
+                biased;
+                Some(s) = ctl.recv() => Some(s),
+                () = tokio::time::sleep_until(t.into()) => None,
+            }
+        });
+        if let Some(s) = swap {
+            return Next::Swap(s);
+        }
     }
     match rx.try_recv() {
         Ok(item) => return Next::Item(item),
@@ -140,8 +156,8 @@ fn over_budget(stopping: &AtomicBool, seen: &mut Option<Instant>) -> bool {
 }
 
 /// One pipeline thread's loop: take inputs, run them through `router`,
-/// put the output into the queues, and close a batch when the input runs
-/// dry (`sync_every = 0`) or `sync_every` has passed. Returns the router
+/// put the output into the queues, and close a batch when the
+/// group-commit [`Window`] says so. Returns the router
 /// (for its counters).
 pub fn drain(
     mut rx: mpsc::Receiver<Item>,
@@ -157,9 +173,8 @@ pub fn drain(
             format!("pipeline {}", p.name())
         });
     let (mut intake, beat) = shared.intake(&name, &sinks);
-    let every = shared.sync_every;
+    let mut window = Window::new(shared.commit_window);
     let rt = timer();
-    let mut last = Instant::now();
     let mut published = Instant::now();
     // Counters changed since they were last published.
     let mut dirty = false;
@@ -172,12 +187,11 @@ pub fn drain(
             abandon(&mut rx, &intake, 0);
             break;
         }
-        // Wake for the next batch end, and to publish counters that
+        // Wake for the batch's end, and to publish counters that
         // changed even when no more input comes.
-        let sync_at = (!every.is_zero() && intake.has_pending()).then(|| last + every);
         let publish_at = dirty.then(|| published + PUBLISH_EVERY);
-        let until = sync_at.into_iter().chain(publish_at).min();
-        let item = match next(&rt, &mut rx, &mut ctl, until) {
+        let until = window.deadline().into_iter().chain(publish_at).min();
+        let item = match next(&rt, &mut rx, &mut ctl, window.rest_until(), until) {
             Next::Item(item) => item,
             Next::Swap(s) => {
                 let mut new = s.router;
@@ -189,9 +203,10 @@ pub fn drain(
                 continue;
             }
             Next::Timeout => {
-                if sync_at.is_some_and(|t| Instant::now() >= t) {
+                let (now, dry) = (Instant::now(), rx.is_empty());
+                if window.due(now, dry) {
                     intake.submit();
-                    last = Instant::now();
+                    window.closed(now, dry);
                 }
                 if dirty && published.elapsed() >= PUBLISH_EVERY {
                     shared.registry.publish_pipelines(router.pipelines());
@@ -202,18 +217,23 @@ pub fn drain(
             }
             Next::Closed => break,
         };
+        let waited_on = matches!(
+            &item,
+            Item::Record { ack: Some(_), .. } | Item::Rejected { ack: Some(_), .. }
+        );
         beat.busy();
         intake.handle(&mut router, item);
         beat.idle();
         dirty = true;
-        let due = if every.is_zero() {
-            rx.is_empty()
-        } else {
-            last.elapsed() >= every
-        };
-        if due {
+        let (now, dry) = (Instant::now(), rx.is_empty());
+        window.input(now, waited_on);
+        if !intake.has_pending() {
+            // The intake closed the batch itself (its cap, or a wait for
+            // room or for the disk).
+            window.closed(now, false);
+        } else if window.due(now, dry) {
             intake.submit();
-            last = Instant::now();
+            window.closed(now, dry);
         }
         // Under a backlog that never lets the input run dry, counters
         // are published on time all the same (probation reads them).
@@ -294,7 +314,7 @@ pub fn dispatch(
             abandon(&mut rx, &intake, 0);
             break;
         }
-        let item = match next(&rt, &mut rx, &mut ctl, None) {
+        let item = match next(&rt, &mut rx, &mut ctl, None, None) {
             Next::Item(item) => item,
             Next::Swap(s) => {
                 let mut new = s.router;

@@ -17,6 +17,7 @@ pub mod lanes;
 pub mod push;
 pub mod reload;
 pub mod supervise;
+pub mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -212,8 +213,8 @@ impl Topology {
             let (store, stopping, m) = (store.clone(), stopping.clone(), registry.sync.clone());
             let beat = registry.beat("store-sync");
             let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
-            // The pipeline threads pace batches by `sync_every`; the sync
-            // thread syncs each as soon as it comes (group commit).
+            // The pipeline threads close batches by the commit window; the
+            // sync thread syncs each as soon as it comes (group commit).
             std::thread::Builder::new()
                 .name("store-sync".into())
                 .spawn(move || run_syncer(store, sync_rx, qs, stopping, m, beat))?
@@ -223,7 +224,7 @@ impl Topology {
             syncer: sync_tx,
             stopping: stopping.clone(),
             registry: registry.clone(),
-            sync_every: cfg.store.sync_every,
+            commit_window: cfg.store.commit_window,
         };
         // Status shows the pipelines from the start, before any record.
         registry.publish_pipelines(router.pipelines());

@@ -520,7 +520,11 @@ mod v4 {
                 if let Some(t) = transport {
                     opts.set_transport(t);
                 }
-                conn = Some(AsyncClient::new(opts, request_capacity(cfg.inflight)));
+                let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
+                // Acknowledgements go out as soon as their batch is synced:
+                // no Nagle delay on them.
+                events.network_options.set_tcp_nodelay(true);
+                conn = Some((client, events));
             }
             let (client, events) = conn.as_mut().expect("made above");
             // Subscribing never awaits room in rumqttc's request channel: only
@@ -681,6 +685,11 @@ mod v5 {
                     // outgoing table for 65,535 publishes (14 MB).
                     .set_outgoing_inflight_upper_limit(8)
                     .set_max_packet_size(Some(cfg.max_payload.0 as u32 + 65_536));
+                // Acknowledgements go out as soon as their batch is synced:
+                // no Nagle delay on them.
+                let mut net = rumqttc::NetworkOptions::new();
+                net.set_tcp_nodelay(true);
+                opts.set_network_options(net);
                 if let Some(user) = &cfg.username {
                     opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
                 }
