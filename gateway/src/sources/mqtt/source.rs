@@ -210,11 +210,15 @@ struct Message {
     packet: Option<(u16, bool)>,
 }
 
+#[derive(Clone)]
 struct Handler {
     cfg: MqttConfig,
     fields: Option<TopicFields>,
     tx: mpsc::Sender<Item>,
     metrics: Arc<MqttMetrics>,
+    /// The session its messages come from, for redelivery markers: the
+    /// source's name, or `name@client` for an adopted session.
+    session: String,
 }
 
 /// Items from the broker waiting for room in the pipelines' channel. The
@@ -277,7 +281,7 @@ impl Handler {
                     now_ms(),
                 );
                 let origin = m.packet.map(|(pkid, dup)| {
-                    Origin::new(&self.cfg.name, pkid, dup, m.topic.as_bytes(), &m.payload)
+                    Origin::new(&self.session, pkid, dup, m.topic.as_bytes(), &m.payload)
                 });
                 Item::Record {
                     record,
@@ -331,6 +335,7 @@ pub async fn run(
         .and_then(|p| TopicFields::parse(p).ok());
     let id = client_id(&cfg, &gateway_id);
     let handler = Handler {
+        session: cfg.name.clone(),
         cfg,
         fields,
         tx,
@@ -460,10 +465,165 @@ enum Ended {
 
 mod v4 {
     use rumqttc::{
-        AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+        AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter,
+        SubscribeReasonCode,
     };
 
+    use super::super::share::{self, Members};
     use super::*;
+
+    /// How long an adopted session must stay quiet (nothing received,
+    /// nothing left to acknowledge) before it is ended.
+    const ADOPT_QUIET: Duration = Duration::from_secs(1);
+
+    /// Take over the session of `dead`, a member of the share group that
+    /// died: connect with its client id, unsubscribe it from `unsub` (the
+    /// broker stops handing it new messages), take in what it held,
+    /// acknowledge it once synced, then end the session with a clean
+    /// connect and report on `done`. Stops without ending the session if
+    /// the connection is lost (its owner is back, or the broker is gone).
+    async fn adopt(
+        h: Handler,
+        dead: String,
+        unsub: Vec<String>,
+        done: mpsc::UnboundedSender<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let cfg = &h.cfg;
+        let options = |clean: bool| -> Result<MqttOptions, String> {
+            let t = transport(cfg)?;
+            let port = cfg.port.unwrap_or(if t.is_some() { 8883 } else { 1883 });
+            let mut o = MqttOptions::new(dead.clone(), cfg.host.clone(), port);
+            o.set_keep_alive(Duration::from_secs(cfg.keep_alive.max(5)))
+                .set_clean_session(clean)
+                .set_manual_acks(true)
+                .set_inflight(cfg.inflight.max(1))
+                .set_max_packet_size(cfg.max_packet.0 as usize, 65_536);
+            if let Some(user) = &cfg.username {
+                o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = t {
+                o.set_transport(t);
+            }
+            Ok(o)
+        };
+        let opts = match options(false) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(source = %cfg.name, member = %dead, error = %e, "cannot adopt the session");
+                return;
+            }
+        };
+        let (client, mut events) = AsyncClient::new(opts, request_capacity(cfg.inflight));
+        let mut acks = AckQueue::new();
+        let mut waiting = Waiting::new(cfg.inflight);
+        let (mut taken, mut acked, mut unsubscribed) = (0u64, 0u64, 0usize);
+        let mut present = None;
+        let mut quiet_since = std::time::Instant::now();
+        let ended = loop {
+            acks.flush(|p| {
+                let ok = client.try_ack(p).is_ok();
+                acked += u64::from(ok);
+                ok
+            });
+            if !waiting.flush(&h.tx) {
+                break Err("the pipelines are gone".to_string());
+            }
+            if present == Some(false) {
+                break Ok(());
+            }
+            if unsubscribed == unsub.len()
+                && present == Some(true)
+                && waiting.items.is_empty()
+                && acked == taken
+                && quiet_since.elapsed() >= ADOPT_QUIET
+            {
+                break Ok(());
+            }
+            let event = tokio::select! {
+                e = events.poll(), if waiting.has_room() => e,
+                room = h.tx.reserve(), if !waiting.items.is_empty() => match room {
+                    Ok(permit) => {
+                        permit.send(waiting.items.pop_front().expect("not empty"));
+                        continue;
+                    }
+                    Err(_) => break Err("the pipelines are gone".to_string()),
+                },
+                _ = acks.recv() => {
+                    quiet_since = std::time::Instant::now();
+                    continue;
+                }
+                _ = tokio::time::sleep(ADOPT_QUIET / 4) => continue,
+                _ = shutdown.changed() => break Err("stopping".to_string()),
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    present = Some(ack.session_present);
+                    for f in &unsub {
+                        let _ = client.try_unsubscribe(f.clone());
+                    }
+                }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => unsubscribed += 1,
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    quiet_since = std::time::Instant::now();
+                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                        taken += 1;
+                        let (tx, p) = (acks.sender(), p.clone());
+                        acker(&h.metrics.ack_failures, &cfg.name, move || {
+                            tx.send(p).is_ok()
+                        })
+                    });
+                    let m = Message {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        headers: BTreeMap::new(),
+                        packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
+                        ack,
+                    };
+                    h.metrics.messages.fetch_add(1, Relaxed);
+                    waiting.items.extend(h.item(m));
+                }
+                Ok(_) => {}
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        if let Err(why) = ended {
+            tracing::warn!(source = %cfg.name, member = %dead, taken, reason = %why,
+                "stopped adopting the session (its owner may be back); what it still holds stays in it");
+            let _ = client.try_disconnect();
+            return;
+        }
+        // Send the last acknowledgements and leave; then a clean connect
+        // ends the session, so the broker stops handing it messages.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(e) = events.poll().await {
+                if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(events);
+        if let Ok(o) = options(true) {
+            let (c, mut ev) = AsyncClient::new(o, 8);
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(e) = ev.poll().await {
+                    match e {
+                        Event::Incoming(Packet::ConnAck(_)) => {
+                            let _ = c.try_disconnect();
+                        }
+                        Event::Outgoing(Outgoing::Disconnect) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+        }
+        tracing::info!(source = %cfg.name, member = %dead, taken,
+            "adopted the session of a member that died: what it held is processed here, and its session is ended");
+        let _ = done.send(dead);
+    }
 
     pub(super) async fn run(h: Handler, id: String, mut shutdown: watch::Receiver<bool>) {
         let cfg = &h.cfg;
@@ -477,6 +637,18 @@ mod v4 {
                 )
             })
             .collect();
+        // A member of a share group announces itself and watches the
+        // others, to adopt the session of one that dies (see `share`).
+        let group = share::group(cfg).map(str::to_string);
+        let mut members = Members::new(&id);
+        let (adopted_tx, mut adopted_rx) = mpsc::unbounded_channel::<String>();
+        let mut subscriptions = filters.clone();
+        if let Some(g) = &group {
+            subscriptions.push(SubscribeFilter::new(
+                share::members_filter(g),
+                QoS::AtMostOnce,
+            ));
+        }
         let mut rc = Reconnect::new();
         let mut acks = AckQueue::new();
         // Kept across reconnects (rumqttc reconnects on the next poll and
@@ -512,6 +684,14 @@ mod v4 {
                     .set_manual_acks(true)
                     .set_inflight(cfg.inflight.max(1))
                     .set_max_packet_size(max_in, 65_536);
+                if let Some(g) = &group {
+                    opts.set_last_will(LastWill::new(
+                        share::member_topic(g, &id),
+                        share::DOWN,
+                        QoS::AtLeastOnce,
+                        true,
+                    ));
+                }
                 if let Some(user) = &cfg.username {
                     opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
                 }
@@ -534,7 +714,15 @@ mod v4 {
             let mut waiting = Waiting::new(cfg.inflight);
             let ended = loop {
                 if subscribe {
-                    subscribe = client.try_subscribe_many(filters.clone()).is_err();
+                    subscribe = client.try_subscribe_many(subscriptions.clone()).is_err();
+                    if let (false, Some(g)) = (subscribe, &group) {
+                        let _ = client.try_publish(
+                            share::member_topic(g, &id),
+                            QoS::AtLeastOnce,
+                            true,
+                            share::UP,
+                        );
+                    }
                 }
                 acks.flush(|p| client.try_ack(p).is_ok());
                 if !waiting.flush(&h.tx) {
@@ -550,12 +738,50 @@ mod v4 {
                         Err(_) => break Ended::Stop,
                     },
                     _ = acks.recv() => continue,
+                    Some(dead) = adopted_rx.recv() => {
+                        // Adopted and ended: clear its announcement.
+                        members.adopted(&dead);
+                        if let Some(g) = &group {
+                            let _ = client.try_publish(share::member_topic(g, &dead), QoS::AtLeastOnce, true, Vec::new());
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => break Ended::Stop,
                 };
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         rc.connected(&h, ack.session_present);
                         subscribe = true;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p)))
+                        if group
+                            .as_deref()
+                            .and_then(|g| share::member_of(g, &p.topic))
+                            .is_some() =>
+                    {
+                        let g = group.as_deref().unwrap_or_default();
+                        let who = share::member_of(g, &p.topic)
+                            .unwrap_or_default()
+                            .to_string();
+                        for dead in members.announced(&who, &p.payload) {
+                            tracing::warn!(source = %cfg.name, member = %dead,
+                                "a member of the share group is down; adopting its session so what it held is processed here");
+                            let unsub: Vec<String> = cfg
+                                .subscribe
+                                .iter()
+                                .filter(|s| crate::common::topic::shared(&s.filter).is_some())
+                                .map(|s| s.filter.clone())
+                                .collect();
+                            let mut h = h.clone();
+                            h.session = format!("{}@{dead}", cfg.name);
+                            tokio::spawn(adopt(
+                                h,
+                                dead,
+                                unsub,
+                                adopted_tx.clone(),
+                                shutdown.clone(),
+                            ));
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
                         let refused = filters
@@ -644,6 +870,15 @@ mod v5 {
 
     pub(super) async fn run(h: Handler, id: String, mut shutdown: watch::Receiver<bool>) {
         let cfg = &h.cfg;
+        if !cfg.clean_session
+            && cfg
+                .subscribe
+                .iter()
+                .any(|s| crate::common::topic::shared(&s.filter).is_some())
+        {
+            tracing::warn!(source = %cfg.name,
+                "shared subscription over MQTT 5: if this process dies, what the broker queued for it waits until it returns or its session expires; set `version = 4` for the other members to adopt its session");
+        }
         let filters: Vec<Filter> = cfg
             .subscribe
             .iter()
