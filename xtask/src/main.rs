@@ -71,7 +71,7 @@ const TASKS: &[(&str, &str)] = &[
     ),
     (
         "bench",
-        "the benchmarks, each with a ratio against its baseline",
+        "the benchmarks, each with a ratio against its baseline; `bench compare` only W1 end to end against the C reference",
     ),
     (
         "cross",
@@ -551,15 +551,54 @@ fn binfmt(arches: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// The benchmarks. `bench compare [MODE...]` runs only the end-to-end
+/// comparison with the C reference.
 fn bench(root: &Path, rest: &[String]) -> Result<(), String> {
     modules(root)?;
+    if rest.first().map(String::as_str) == Some("compare") {
+        return compare(root, &rest[1..]);
+    }
     run(cargo()
         .current_dir(root)
         .args(["bench", "-p", "weir-benches"])
         .args(rest))?;
     run(cargo()
         .current_dir(root)
-        .args(["bench", "-p", "weir", "--bench", "mqtt_ingest"]))
+        .args(["bench", "-p", "weir", "--bench", "mqtt_ingest"]))?;
+    compare(root, &[])
+}
+
+/// W1 end to end against the C reference processor, with the harness in
+/// `../shared/bench/` (`compare.sh`): a loopback mosquitto, the load
+/// generator, then the C reference and weir (durable and not) in one run,
+/// and the ratio table. Needs libmosquitto-dev (the load generator and the
+/// C reference link it); skipped with a note without it or the harness.
+/// `QOS=1` in the environment runs it at QoS 1 on both hops.
+fn compare(root: &Path, modes: &[String]) -> Result<(), String> {
+    let script = root.join("../shared/bench/compare.sh");
+    if !script.is_file() {
+        eprintln!(
+            "skipping the comparison with the C reference: {} is not here",
+            script.display()
+        );
+        return Ok(());
+    }
+    if !Path::new("/usr/include/mosquitto.h").is_file() {
+        eprintln!(
+            "skipping the comparison with the C reference: it needs libmosquitto-dev (apt-get install -y libmosquitto-dev mosquitto mosquitto-clients gcc)"
+        );
+        return Ok(());
+    }
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "weir"]))?;
+    eprintln!(
+        "W1 end to end against the C reference (../shared/bench/compare.sh; about 10 minutes)"
+    );
+    run(Command::new("bash")
+        .arg(&script)
+        .args(modes)
+        .current_dir(root))
 }
 
 /// .deb packages for amd64, arm64 and armhf (cargo-deb, metadata in

@@ -135,7 +135,13 @@ pub async fn run(
             last_expiry = now;
         }
         let mut wake_at = now + Duration::from_secs(1);
-        if connected {
+        // Refill the window in batches, not a slot per PUBACK: each read
+        // of the queue costs a scan, whatever it returns.
+        let in_flight = requested.len() + sent.len();
+        let refill = in_flight == 0
+            || poison.window(window) - in_flight.min(poison.window(window))
+                >= (poison.window(window) / 4).max(1);
+        if connected && refill {
             // Fill the in-flight window: read what the free slots can
             // carry at once, publish group by group, give back the rest.
             'fill: while requested.len() + sent.len() < poison.window(window) {
