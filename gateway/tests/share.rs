@@ -204,8 +204,11 @@ fn three_processes_share_a_stream_and_survive_a_sigkill() {
         );
     }
 
-    // 3. gw2 comes back: its session was ended by its adopter, so it
-    //    starts afresh and takes its share again.
+    // 3. gw2 comes back, usually while its adoption is still going on: it
+    //    takes its session back (the adopter stops), processes what its
+    //    adopter had not yet acknowledged (duplicates of part 2, never a
+    //    loss), and takes its share of new records again.
+    let part2 = kept;
     weirs[1] = Some(Serve::start(&config(d, "gw2", broker.port)));
     assert!(weirs[1].as_ref().unwrap().wait_log("MQTT subscribed"));
     let sub = Sub::start(broker.port, "cloud-sub-3", "cloud/#", &[]);
@@ -213,25 +216,43 @@ fn three_processes_share_a_stream_and_survive_a_sigkill() {
     broker.publish("mqttv311", 1, "sensors/w1/telemetry", &lines, &[]);
     wait_for(&sub, &kept, 60);
     let got = by_seq(&sub.got());
-    let delivered: Vec<u64> = got.keys().copied().collect();
-    assert_eq!(
-        delivered, kept,
-        "after gw2's return: every kept record, and nothing else"
+    let missing: Vec<&u64> = kept.iter().filter(|s| !got.contains_key(s)).collect();
+    let extra: Vec<&u64> = got
+        .keys()
+        .filter(|s| !kept.contains(s) && !part2.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "after gw2's return: missing {missing:?}, neither part 2 nor part 3: {extra:?}\n{}",
+        weirs
+            .iter()
+            .flatten()
+            .map(|w| w.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
     );
     assert!(
         got.values().any(|m| m[0].starts_with("gw2-")),
         "gw2 takes part again after its return"
     );
 
-    let logs: Vec<String> = weirs.into_iter().flatten().map(|w| w.stop()).collect();
+    // Counted before they stop: a member that stops leaves its session
+    // too, and is adopted in turn.
+    let logs: Vec<String> = weirs.iter().flatten().map(|w| w.log()).collect();
+    for w in weirs.into_iter().flatten() {
+        w.stop();
+    }
     let adopters = logs
         .iter()
-        .filter(|l| l.contains("adopted the session of a member that died"))
+        .filter(|l| {
+            l.contains("adopted the session of a member that died")
+                || l.contains("stopped adopting the session (its owner may be back)")
+        })
         .count();
     assert_eq!(
         adopters,
         1,
-        "exactly one member adopts gw2's session:\n{}",
+        "exactly one member adopts gw2's session (and finishes, or stops when gw2 returns):\n{}",
         logs.join("\n----\n")
     );
     for log in &logs {

@@ -480,12 +480,14 @@ mod v4 {
     /// died: connect with its client id, unsubscribe it from `unsub` (the
     /// broker stops handing it new messages), take in what it held,
     /// acknowledge it once synced, then end the session with a clean
-    /// connect and report on `done`. Stops without ending the session if
-    /// the connection is lost (its owner is back, or the broker is gone).
+    /// connect (unless `back`: its owner announced itself again) and
+    /// report on `done`. Stops without ending the session if the
+    /// connection is lost (its owner is back, or the broker is gone).
     async fn adopt(
         h: Handler,
         dead: String,
         unsub: Vec<String>,
+        back: Arc<std::sync::atomic::AtomicBool>,
         done: mpsc::UnboundedSender<String>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -605,6 +607,14 @@ mod v4 {
         })
         .await;
         drop(events);
+        // Its owner came back meanwhile: the session is its own again; a
+        // clean connect now would end the owner's fresh session.
+        if back.load(Relaxed) {
+            tracing::info!(source = %cfg.name, member = %dead, taken,
+                "adopted what the session held; its owner is back, so the session stays");
+            // Its announcement is its own again too: not cleared.
+            return;
+        }
         if let Ok(o) = options(true) {
             let (c, mut ev) = AsyncClient::new(o, 8);
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -642,6 +652,8 @@ mod v4 {
         let group = share::group(cfg).map(str::to_string);
         let mut members = Members::new(&id);
         let (adopted_tx, mut adopted_rx) = mpsc::unbounded_channel::<String>();
+        // Per adopted member: set when it announces itself up again.
+        let mut returned: HashMap<String, Arc<std::sync::atomic::AtomicBool>> = HashMap::new();
         let mut subscriptions = filters.clone();
         if let Some(g) = &group {
             subscriptions.push(SubscribeFilter::new(
@@ -763,6 +775,11 @@ mod v4 {
                         let who = share::member_of(g, &p.topic)
                             .unwrap_or_default()
                             .to_string();
+                        if p.payload.as_ref() == share::UP
+                            && let Some(flag) = returned.remove(&who)
+                        {
+                            flag.store(true, Relaxed);
+                        }
                         for dead in members.announced(&who, &p.payload) {
                             tracing::warn!(source = %cfg.name, member = %dead,
                                 "a member of the share group is down; adopting its session so what it held is processed here");
@@ -774,10 +791,13 @@ mod v4 {
                                 .collect();
                             let mut h = h.clone();
                             h.session = format!("{}@{dead}", cfg.name);
+                            let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                            returned.insert(dead.clone(), back.clone());
                             tokio::spawn(adopt(
                                 h,
                                 dead,
                                 unsub,
+                                back,
                                 adopted_tx.clone(),
                                 shutdown.clone(),
                             ));
