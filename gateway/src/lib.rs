@@ -29,9 +29,9 @@
 //!   `${NAME}` and `password_file` secrets; errors name the file and the key.
 //! - [`routing`]: which records feed which pipeline, and building the
 //!   pipelines of a config.
-//! - [`topology`]: a running gateway: the intake, the pipeline threads, the
-//!   sync thread, supervised sources and sinks, reload, the control socket,
-//!   the watchdog and the ordered stop.
+//! - [`topology`]: a running gateway: the intake, the pipeline threads and
+//!   their group-commit window, the sync thread, supervised sources and
+//!   sinks, reload, the control socket, the watchdog and the ordered stop.
 //! - [`cli`]: the `weir` command line, one file per subcommand; `serve` is a
 //!   thin call into the topology.
 //!

@@ -267,3 +267,36 @@ fn modules_are_checked_and_turn_status_on() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_commit_window_has_a_default_and_its_old_name() {
+    let dir = dir_with_module();
+    let cfg = parse(dir.path(), GOOD).unwrap();
+    assert_eq!(cfg.store.commit_window, std::time::Duration::from_millis(5));
+    for key in ["commit_window", "sync_every"] {
+        let text = format!("[store]\n{key} = \"20ms\"\n{GOOD}");
+        let cfg = parse(dir.path(), &text).unwrap();
+        assert_eq!(cfg.store.commit_window, std::time::Duration::from_millis(20), "{key}");
+    }
+}
+
+#[test]
+fn shared_subscriptions_and_routes_are_checked() {
+    let dir = dir_with_module();
+    let source = |filter: &str| {
+        format!(
+            "[[source]]\ntype = \"mqtt\"\nname = \"s\"\nhost = \"127.0.0.1\"\nsubscribe = [ {{ filter = \"{filter}\" }} ]\n{GOOD}"
+        )
+    };
+    let cfg = parse(dir.path(), &source("$share/weir/sensors/+/telemetry")).unwrap();
+    let SourceConfig::Mqtt(m) = &cfg.sources[0] else {
+        panic!("an MQTT source")
+    };
+    assert_eq!(m.subscribe[0].filter, "$share/weir/sensors/+/telemetry");
+    let err = parse(dir.path(), &source("$share/weir")).unwrap_err();
+    assert!(
+        err.to_string().contains("source[0].subscribe[0].filter")
+            && err.to_string().contains("$share/<group>/<filter>"),
+        "{err}"
+    );
+}
