@@ -20,14 +20,16 @@
 //!   source has most likely stopped for its in-flight window.
 //!
 //! So a quiet gateway syncs each record as it comes; a busy one syncs
-//! at most once per window; latency grows by at most the window.
+//! at most once per window.
 //!
 //! Waking a thread costs more than handling a W1 record, so under a
 //! steady flow the pipeline thread also takes its input in batches: after
 //! a batch of several inputs that ran dry and did not wait on a source, it
 //! rests for one window ([`Window::rest_until`]) while inputs gather in
 //! its channel, then takes them all and closes that batch when the input
-//! runs dry. A lone input after the rest ends the resting.
+//! runs dry. A lone input after the rest ends the resting. Under a steady
+//! flow a record thus waits at most about two windows (a rest, then its
+//! batch) before its sync.
 
 use std::time::{Duration, Instant};
 
