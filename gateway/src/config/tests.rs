@@ -276,7 +276,11 @@ fn the_commit_window_has_a_default_and_its_old_name() {
     for key in ["commit_window", "sync_every"] {
         let text = format!("[store]\n{key} = \"20ms\"\n{GOOD}");
         let cfg = parse(dir.path(), &text).unwrap();
-        assert_eq!(cfg.store.commit_window, std::time::Duration::from_millis(20), "{key}");
+        assert_eq!(
+            cfg.store.commit_window,
+            std::time::Duration::from_millis(20),
+            "{key}"
+        );
     }
 }
 
