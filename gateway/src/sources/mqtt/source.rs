@@ -472,6 +472,25 @@ mod v4 {
     use super::super::share::{self, Members};
     use super::*;
 
+    /// An MQTT 3.1.1 message in version-independent form, counted, with
+    /// its acknowledgement (QoS 1/2) going through `acks`.
+    fn message(h: &Handler, p: &rumqttc::Publish, acks: &AckQueue<rumqttc::Publish>) -> Message {
+        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+            let (tx, p) = (acks.sender(), p.clone());
+            acker(&h.metrics.ack_failures, &h.cfg.name, move || {
+                tx.send(p).is_ok()
+            })
+        });
+        h.metrics.messages.fetch_add(1, Relaxed);
+        Message {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            headers: BTreeMap::new(),
+            packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
+            ack,
+        }
+    }
+
     /// How long an adopted session must stay quiet (nothing received,
     /// nothing left to acknowledge) before it is ended.
     const ADOPT_QUIET: Duration = Duration::from_secs(1);
@@ -568,22 +587,8 @@ mod v4 {
                 Ok(Event::Incoming(Packet::UnsubAck(_))) => unsubscribed += 1,
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     quiet_since = std::time::Instant::now();
-                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        taken += 1;
-                        let (tx, p) = (acks.sender(), p.clone());
-                        acker(&h.metrics.ack_failures, &cfg.name, move || {
-                            tx.send(p).is_ok()
-                        })
-                    });
-                    let m = Message {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        headers: BTreeMap::new(),
-                        packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
-                        ack,
-                    };
-                    h.metrics.messages.fetch_add(1, Relaxed);
-                    waiting.items.extend(h.item(m));
+                    taken += u64::from(p.qos != QoS::AtMostOnce);
+                    waiting.items.extend(h.item(message(&h, &p, &acks)));
                 }
                 Ok(_) => {}
                 Err(e) => break Err(e.to_string()),
@@ -813,21 +818,7 @@ mod v4 {
                         rc.subscribed(&h, filters.len(), refused);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                            let (tx, p) = (acks.sender(), p.clone());
-                            acker(&h.metrics.ack_failures, &cfg.name, move || {
-                                tx.send(p).is_ok()
-                            })
-                        });
-                        let m = Message {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                            headers: BTreeMap::new(),
-                            packet: (p.qos != QoS::AtMostOnce).then_some((p.pkid, p.dup)),
-                            ack,
-                        };
-                        h.metrics.messages.fetch_add(1, Relaxed);
-                        waiting.items.extend(h.item(m));
+                        waiting.items.extend(h.item(message(&h, &p, &acks)));
                     }
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::MqttState(
