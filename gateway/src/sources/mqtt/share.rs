@@ -18,7 +18,6 @@
 
 use std::collections::BTreeSet;
 
-use super::source::MqttConfig;
 use crate::common::topic::shared;
 
 /// What a member announces.
@@ -28,14 +27,16 @@ pub const DOWN: &[u8] = b"down";
 
 /// The share group a source takes part in as a member that can adopt and
 /// be adopted: its first shared filter's group, for a persistent MQTT
-/// 3.1.1 session.
-pub fn group(cfg: &MqttConfig) -> Option<&str> {
-    if cfg.clean_session || cfg.version != 4 {
+/// 3.1.1 session (`clean_session` false, `version` 4).
+pub fn group<'a>(
+    clean_session: bool,
+    version: u8,
+    filters: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    if clean_session || version != 4 {
         return None;
     }
-    cfg.subscribe
-        .iter()
-        .find_map(|s| shared(&s.filter).map(|(g, _)| g))
+    filters.into_iter().find_map(|f| shared(f).map(|(g, _)| g))
 }
 
 /// The filter a member watches the others on.
@@ -141,6 +142,15 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_persistent_mqtt_3_session_on_a_shared_filter_is_a_member() {
+        let f = ["sensors/#", "$share/weir/a/+", "$share/other/b"];
+        assert_eq!(group(false, 4, f), Some("weir"));
+        assert_eq!(group(true, 4, f), None);
+        assert_eq!(group(false, 5, f), None);
+        assert_eq!(group(false, 4, ["sensors/#"]), None);
+    }
 
     #[test]
     fn member_topics_round_trip() {

@@ -654,7 +654,12 @@ mod v4 {
             .collect();
         // A member of a share group announces itself and watches the
         // others, to adopt the session of one that dies (see `share`).
-        let group = share::group(cfg).map(str::to_string);
+        let group = share::group(
+            cfg.clean_session,
+            cfg.version,
+            cfg.subscribe.iter().map(|s| s.filter.as_str()),
+        )
+        .map(str::to_string);
         let mut members = Members::new(&id);
         let (adopted_tx, mut adopted_rx) = mpsc::unbounded_channel::<String>();
         // Per adopted member: set when it announces itself up again.
