@@ -9,11 +9,13 @@
 //! the broker waits for us only adds latency. The rules, in order:
 //!
 //! - a batch never holds more than [`MAX_BATCH`] inputs;
+//! - a batch closes at most `window` after its first input (1 ms with a
+//!   zero window), however it began: a slow pipeline with a backlog
+//!   never runs dry, and its inputs wait for their sync;
 //! - with a zero window, the batch closes whenever the input runs dry;
 //! - an input that comes after a quiet spell of at least the window (the
 //!   gateway was idle) closes its batch at once when the input runs dry:
 //!   a lone record is not delayed;
-//! - a batch closes at most `window` after its first input;
 //! - a batch that holds inputs whose source waits for their
 //!   acknowledgement closes early once the input has been quiet for
 //!   twice the usual gap between inputs (at least [`MIN_STALL`]): the
@@ -35,6 +37,10 @@ use std::time::{Duration, Instant};
 
 /// The most inputs a batch holds before it closes regardless.
 pub const MAX_BATCH: usize = 512;
+
+/// How long a batch stays open at most with a zero window (under a
+/// backlog that never lets the input run dry).
+pub const MIN_HOLD: Duration = Duration::from_millis(1);
 
 /// The shortest quiet spell taken as a stalled source.
 pub const MIN_STALL: Duration = Duration::from_micros(200);
@@ -109,11 +115,13 @@ impl Window {
         if self.held >= MAX_BATCH {
             return true;
         }
+        // However the batch began: a slow pipeline with a backlog never
+        // runs dry, and its inputs wait for this sync.
+        if now.saturating_duration_since(opened) >= self.window.max(MIN_HOLD) {
+            return true;
+        }
         if self.window.is_zero() || self.after_quiet || self.rested {
             return dry;
-        }
-        if now.saturating_duration_since(opened) >= self.window {
-            return true;
         }
         dry && self.waited_on
             && self
@@ -179,6 +187,16 @@ mod tests {
     /// from its arrival to its batch's close, and how often the thread
     /// woke.
     fn play(window: Duration, at: &[f64], waited_on: bool) -> (Vec<usize>, Duration, usize) {
+        play_with(window, at, waited_on, Duration::ZERO)
+    }
+
+    /// [`play`] with a pipeline that takes `cost` per input.
+    fn play_with(
+        window: Duration,
+        at: &[f64],
+        waited_on: bool,
+        cost: Duration,
+    ) -> (Vec<usize>, Duration, usize) {
         let t0 = Instant::now();
         let arrivals: Vec<Instant> = at
             .iter()
@@ -203,6 +221,7 @@ mod tests {
             if next < arrivals.len() && arrivals[next] <= now {
                 // Take every input that is there.
                 while next < arrivals.len() && arrivals[next] <= now {
+                    now += cost;
                     w.input(now, waited_on);
                     batch.push(arrivals[next]);
                     next += 1;
@@ -288,6 +307,26 @@ mod tests {
         // The same inputs without acknowledgements wait for the window.
         let (sizes_q0, _, _) = play(ms(10), &at, false);
         assert!(sizes_q0.len() < sizes.len(), "{sizes_q0:?} vs {sizes:?}");
+    }
+
+    #[test]
+    fn a_slow_pipeline_with_a_backlog_still_syncs_once_per_window() {
+        // 2 ms per input, one arriving every millisecond: the input never
+        // runs dry. Each batch still closes within the window, after at
+        // most window / cost + 2 inputs (a batch opens when its first
+        // input is done); before, the first batch held
+        // every input until the cap.
+        let at: Vec<f64> = (0..200).map(|i| i as f64).collect();
+        for waited_on in [false, true] {
+            for (window, most) in [(ms(5), 4), (Duration::ZERO, 2)] {
+                let (sizes, _, _) = play_with(window, &at, waited_on, ms(2));
+                assert_eq!(sizes.iter().sum::<usize>(), 200);
+                assert!(
+                    sizes.iter().all(|&s| s <= most),
+                    "window {window:?}: {sizes:?}"
+                );
+            }
+        }
     }
 
     #[test]
