@@ -51,7 +51,10 @@ pub fn build_with(
             let module = match (compiled.get(&path), pushed) {
                 (Some(m), _) => m.clone(),
                 (None, Some(m)) => {
-                    let c = rt.compile(&m.label, &m.wasm).map_err(err)?;
+                    let c = rt
+                        .compile(&m.label, &m.wasm)
+                        .map_err(err)?
+                        .with_version(&m.version);
                     compiled.insert(path.clone(), c.clone());
                     c
                 }

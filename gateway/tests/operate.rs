@@ -58,6 +58,7 @@ name = "p"
 name = "out"
 type = "file"
 path = {out:?}
+pipelines = ["p"]
 {extra}
 "#,
         modules = testkit::modules_dir().display().to_string(),
@@ -192,6 +193,186 @@ fn sighup_reloads_under_a_qos1_stream_with_no_loss_and_no_duplicates() {
     assert!(log.contains(&format!("messages={N} records={N}")), "{log}");
     assert!(log.contains("ack_failures=0"), "{log}");
     assert!(log.contains("redelivered=0"), "{log}");
+}
+
+/// [`config`]'s gateway with its control socket at [`control_of`];
+/// `grow`: a second pipeline `all` (every record) into a second file sink
+/// `copy`.
+fn growing(dir: &Path, port: u16, metrics_port: u16, grow: bool) -> PathBuf {
+    let more = if grow {
+        format!(
+            r#"
+[[pipeline]]
+name = "all"
+  [[pipeline.stage]]
+  name = "pass"
+  {PASS}
+
+[[sink]]
+name = "copy"
+type = "file"
+path = {copy:?}
+pipelines = ["all"]
+"#,
+            copy = dir.join("copy.jsonl").display().to_string()
+        )
+    } else {
+        String::new()
+    };
+    let path = config_with(dir, port, metrics_port, PASS, &more);
+    let control = format!(
+        "id = \"gw-op\"\ncontrol = {:?}",
+        control_of(dir, grow).display().to_string()
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("id = \"gw-op\"", &control, 1);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The control socket of [`growing`]'s config: it moves with `grow`.
+fn control_of(dir: &Path, grow: bool) -> PathBuf {
+    dir.join(if grow { "grown.sock" } else { "weir.sock" })
+}
+
+#[test]
+fn a_reload_adds_a_pipeline_and_a_sink_moves_metrics_and_takes_them_away_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d, free_port());
+    let (m1, m2) = (free_port(), free_port());
+    let weir = Serve::start(&growing(d, broker.port, m1, false));
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+
+    const N: u64 = 8_000;
+    let publisher = stream(broker.port, N, 2_000);
+    std::thread::sleep(Duration::from_millis(1000));
+    // One pipeline becomes two (a thread each, behind a dispatcher), a
+    // sink and its queue appear, and /metrics moves to another port.
+    growing(d, broker.port, m2, true);
+    hangup(&weir);
+    assert!(weir.wait_log("sinks added: copy"), "{}", weir.log());
+    let (status, body) = http_get(m2, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains(r#"weir_sink_enqueued_total{sink="copy"}"#),
+        "{body}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", m1)).is_err(),
+        "the old metrics port is closed"
+    );
+    // The control socket moved too: `weir status` answers on the new one.
+    assert!(!control_of(d, false).exists(), "the old socket is removed");
+    let sock = control_of(d, true);
+    let (code, out, err) = self::weir(&["status", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("copy"), "{out}");
+    std::thread::sleep(Duration::from_millis(1200));
+    // And back: `all` and `copy` go, the metrics come home.
+    growing(d, broker.port, m1, false);
+    hangup(&weir);
+    assert!(weir.wait_log("sinks removed: copy"), "{}", weir.log());
+    publisher.join().unwrap();
+
+    let want: Vec<u64> = (0..N).filter(|n| n % EVERY == 0).collect();
+    let lines = wait_out(d, want.len(), &weir);
+    let ns: Vec<u64> = lines
+        .iter()
+        .map(|l| l["payload"]["n"].as_u64().unwrap())
+        .collect();
+    // `p` kept its state through both swaps: every seventh, once, in order.
+    assert!(
+        ns == want,
+        "{} of {} records\n{}",
+        ns.len(),
+        want.len(),
+        weir.log()
+    );
+
+    // `copy` took every record while it was there: one unbroken run.
+    let text = std::fs::read_to_string(d.join("copy.jsonl")).unwrap();
+    let copied: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        copied.len() > 500,
+        "{} copied\n{}",
+        copied.len(),
+        weir.log()
+    );
+    assert!(
+        copied.windows(2).all(|w| w[1] == w[0] + 1),
+        "one run of consecutive records, each once: {:?}..",
+        &copied[..copied.len().min(20)]
+    );
+    assert!(
+        *copied.last().unwrap() < N - 1,
+        "copy stopped before the end"
+    );
+
+    let (status, _) = http_get(m1, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let log = weir.stop();
+    assert_eq!(log.matches("reloaded").count(), 2, "{log}");
+    assert!(log.contains("metrics restarted"), "{log}");
+    assert!(log.contains("its queue stays in the store"), "{log}");
+    // The source kept its connection through both.
+    assert_eq!(log.matches("MQTT connected").count(), 1, "{log}");
+    assert!(log.contains(&format!("messages={N} records={N}")), "{log}");
+    assert!(log.contains("ack_failures=0"), "{log}");
+}
+
+#[test]
+fn delivery_latency_counts_from_receipt_so_a_slow_stage_shows_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d, free_port());
+    let metrics_port = free_port();
+    // A stage that takes 50 ms a record: time after receipt, before the
+    // record enters the buffer.
+    let spin = common::clock_spin_module(d, 50);
+    let mark = format!(
+        "module = {:?}\n  grants = [\"clock\"]\n  limits = {{ fuel = 1_000_000_000, deadline = \"2s\" }}",
+        spin.display().to_string()
+    );
+    let weir = Serve::start(&config(d, broker.port, metrics_port, &mark));
+    assert!(weir.wait_log("MQTT subscribed"), "{}", weir.log());
+    // Slow enough that no record waits behind the next one's 50 ms.
+    const N: u64 = 70;
+    stream(broker.port, N, 100).join().unwrap();
+    let kept = N.div_ceil(EVERY);
+    wait_out(d, kept as usize, &weir);
+    let deadline = Instant::now() + patience(20);
+    let (count, sum) = loop {
+        let (_, body) = http_get(metrics_port, "/metrics");
+        let count = sample(
+            &body,
+            r#"weir_sink_delivery_latency_seconds_count{sink="out"}"#,
+        );
+        if count == Some(kept as f64) {
+            let sum = sample(
+                &body,
+                r#"weir_sink_delivery_latency_seconds_sum{sink="out"}"#,
+            );
+            break (count.unwrap(), sum.unwrap());
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Each kept record spent at least its own 50 ms in the stage.
+    assert!(
+        sum / count >= 0.05,
+        "mean latency {} s: it must include the stage's 50 ms",
+        sum / count
+    );
+    weir.stop();
 }
 
 #[test]
@@ -431,7 +612,7 @@ fn status_top_and_store_inspect_read_the_running_daemon() {
 }
 
 #[test]
-fn status_over_mqtt_is_retained_and_the_will_marks_a_dead_gateway_offline() {
+fn status_over_mqtt_is_retained_the_will_marks_a_dead_gateway_offline_and_a_reload_moves_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let broker = Mosquitto::start(d, free_port());
@@ -469,6 +650,8 @@ every = "1s"
     assert_eq!(modules.len(), 2, "{online}");
     assert_eq!(modules[0]["stage"], "thin");
     assert_eq!(modules[0]["sha256"].as_str().unwrap().len(), 64);
+    // A module file from the config has no bundle version.
+    assert!(modules[0]["version"].is_null(), "{online}");
     assert!(online["sources"][0]["name"] == "local", "{online}");
 
     // SIGKILL: the broker publishes the will.
@@ -502,6 +685,35 @@ every = "1s"
     assert_eq!(got.last().unwrap()["state"], "offline", "{got:?}");
     let fresh = Sub::start(broker.port, "fresh-watch", "weir/gw-op/status", &[]);
     assert_eq!(fresh.wait(1, 10)[0]["state"], "offline");
+
+    // A reload that moves the status topic: the new one says online at
+    // once, the old one is left saying offline.
+    let weir_serve = Serve::start(&cfg);
+    let deadline = Instant::now() + patience(20);
+    while fresh.got().last().unwrap()["state"] != "online" {
+        assert!(Instant::now() < deadline, "{:?}", fresh.got());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved = Sub::start(broker.port, "moved-watch", "moved/gw-op/status", &[]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "every = \"1s\"",
+        "every = \"1s\"\ntopic = \"moved/{gateway_id}/status\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    hangup(&weir_serve);
+    assert!(
+        weir_serve.wait_log("status restarted"),
+        "{}",
+        weir_serve.log()
+    );
+    assert_eq!(moved.wait(1, 10)[0]["state"], "online");
+    let deadline = Instant::now() + patience(20);
+    while fresh.got().last().unwrap()["state"] != "offline" {
+        assert!(Instant::now() < deadline, "{:?}", fresh.got());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    weir_serve.stop();
+    assert_eq!(moved.wait(2, 10)[1]["state"], "offline");
 }
 
 #[test]

@@ -551,6 +551,20 @@ fn a_push_swaps_under_a_10k_per_second_qos1_stream_losing_and_repeating_nothing(
     let (code, out) = push(port, &["--gateway", "gw-s"], &v1, &[]);
     let took = began.elapsed();
     assert_eq!(code, 0, "{out}\n{}", w.log());
+    // The status message names the version the stage runs now.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(port, "gw-s");
+        let versions: Vec<&serde_json::Value> = st["modules"]
+            .as_array()
+            .map(|m| m.iter().map(|m| &m["version"]).collect())
+            .unwrap_or_default();
+        if versions.iter().any(|v| *v == "1.0.0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no module at 1.0.0: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     feed.join().unwrap();
     let lines = wait_out(&d.join("gw-s"), N as usize, &w);
     let m = marks(&lines);

@@ -26,6 +26,8 @@ use crate::pipeline::Grant;
 pub struct Pushed {
     /// The module's name and version, for logs and status.
     pub label: String,
+    /// The bundle's version.
+    pub version: String,
     /// The module.
     pub wasm: Arc<[u8]>,
     /// Its grants (the manifest's).

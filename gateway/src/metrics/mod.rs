@@ -202,6 +202,12 @@ impl Registry {
         self.changes.fetch_add(1, Relaxed);
     }
 
+    /// Forget a sink a reload removed.
+    pub fn remove_sink(&self, name: &str) {
+        lock(&self.sinks).retain(|e| e.name != name);
+        self.changes.fetch_add(1, Relaxed);
+    }
+
     /// Register an intake's counters.
     pub fn intake(&self, m: Arc<IntakeMetrics>) {
         lock(&self.intakes).push(m);
@@ -461,6 +467,8 @@ pub struct StageStats {
     pub module: String,
     /// SHA-256 of the module's bytes, hex.
     pub sha256: String,
+    /// The pushed bundle's version; `None`: the config's module file.
+    pub version: Option<String>,
     /// Records given to it.
     pub records_in: u64,
     /// Records it emitted.
@@ -501,6 +509,7 @@ impl PipelineStats {
                         name: s.name().to_string(),
                         module: s.module_path().to_string(),
                         sha256: s.module_sha256().to_string(),
+                        version: s.module_version().map(str::to_string),
                         records_in: sm.records_in,
                         records_out: sm.records_out,
                         dropped: sm.records_dropped,

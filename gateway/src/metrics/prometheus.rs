@@ -274,12 +274,13 @@ impl Collector for Gateway {
         family(
             e,
             "weir_stage_module_info",
-            "The module a stage runs: its file and SHA-256 (always 1)",
+            "The module a stage runs: its file, SHA-256 and pushed version (always 1)",
             G,
             stages.iter().map(|(l, st)| {
                 let mut l = l.clone();
                 l.push(("module", st.module.clone()));
                 l.push(("sha256", st.sha256.clone()));
+                l.push(("version", st.version.clone().unwrap_or_default()));
                 (l, 1.0)
             }),
         )?;

@@ -62,6 +62,7 @@ pub fn message(s: &Snapshot) -> Value {
         "pushed": s.deployments.iter().map(|(name, l)| (name.clone(), pushed(l))).collect::<serde_json::Map<_, _>>(),
         "modules": s.pipelines.iter().flat_map(|p| p.stages.iter().map(move |st| json!({
             "pipeline": p.name, "stage": st.name, "module": st.module, "sha256": st.sha256,
+            "version": st.version,
             "quarantined": st.quarantined,
         }))).collect::<Vec<_>>(),
         "sources": s.sources.iter().map(|x| json!({

@@ -27,6 +27,9 @@ pub struct ModuleInfo {
     pub size_bytes: usize,
     /// SHA-256 of the Wasm binary, hex (what a reload compares).
     pub sha256: String,
+    /// The version of the signed bundle it came in; `None` for a module
+    /// file named by the config.
+    pub version: Option<String>,
     /// The ABI version from the `weir_abi_v<N>` marker, if any.
     pub abi_version: Option<u32>,
     /// Imports as `(module, name, signature)`.
@@ -86,6 +89,12 @@ impl CompiledModule {
             .map(|b| format!("{b:02x}"))
             .collect();
         Ok(CompiledModule { module, info })
+    }
+
+    /// The same module, marked as `version` of a pushed bundle.
+    pub fn with_version(mut self, version: &str) -> Self {
+        self.info.version = Some(version.to_string());
+        self
     }
 
     /// What the module declares.
@@ -150,6 +159,7 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
         name: name.into(),
         size_bytes: size,
         sha256: String::new(),
+        version: None,
         abi_version: None,
         imports: vec![],
         exports: vec![],

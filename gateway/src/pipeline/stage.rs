@@ -168,6 +168,11 @@ impl Stage {
         &self.spec.module.info().name
     }
 
+    /// The pushed bundle's version of the module; `None`: the config's.
+    pub fn module_version(&self) -> Option<&str> {
+        self.spec.module.info().version.as_deref()
+    }
+
     /// SHA-256 of the module's bytes, hex.
     pub fn module_sha256(&self) -> &str {
         &self.spec.module.info().sha256

@@ -47,7 +47,10 @@ pub struct Entry {
     pub seq: u64,
     /// What it holds.
     pub kind: Kind,
-    /// When it entered the buffer, ms since the Unix epoch.
+    /// When the input it came from was received at the gateway (entries
+    /// written before this change: when it entered the buffer), ms since
+    /// the Unix epoch.
+    /// Delivery latency and `max_age` count from it.
     pub enqueued_ms: u64,
     /// The pipeline that produced it (empty for source dead letters).
     pub pipeline: String,

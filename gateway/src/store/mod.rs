@@ -525,7 +525,7 @@ impl Store {
             backing,
             slot,
             id: entry::queue_id(name),
-            cfg,
+            cfg: Mutex::new(cfg),
             bytes: AtomicU64::new(0),
             len: AtomicU64::new(0),
             metrics: QueueMetrics::default(),
@@ -983,7 +983,7 @@ pub struct Queue {
     slot: Option<usize>,
     /// Its id in its entries ([`entry::queue_id`] of the name).
     id: u32,
-    cfg: BufferConfig,
+    cfg: Mutex<BufferConfig>,
     bytes: AtomicU64,
     len: AtomicU64,
     /// Counters.
@@ -1014,8 +1014,14 @@ impl Queue {
     }
 
     /// The bounds.
-    pub fn config(&self) -> &BufferConfig {
-        &self.cfg
+    pub fn config(&self) -> BufferConfig {
+        *lock(&self.cfg)
+    }
+
+    /// New bounds (a reload): they apply from the next entry admitted and
+    /// the next expiry pass. Entries already queued stay.
+    pub fn set_config(&self, cfg: BufferConfig) {
+        *lock(&self.cfg) = cfg;
     }
 
     /// Whether entries live on disk.
@@ -1051,9 +1057,10 @@ impl Queue {
     /// drop-oldest that cannot evict (a failing disk) answers `Full`, so
     /// the intake waits instead of spinning, and says so once.
     pub fn admit(&self, need: u64) -> Pushed {
-        let max = self.cfg.max_bytes.0.max(need);
+        let cfg = self.config();
+        let max = cfg.max_bytes.0.max(need);
         if self.bytes() + need > max {
-            match self.cfg.when_full {
+            match cfg.when_full {
                 WhenFull::Block => return Pushed::Full,
                 WhenFull::DropNewest => {
                     self.metrics.dropped_newest.fetch_add(1, Relaxed);
@@ -1450,10 +1457,11 @@ impl Queue {
 
     /// Remove entries older than `max_age` (from the head); returns how many.
     pub fn expire(&self, now_ms: u64) -> u64 {
-        if self.cfg.max_age.is_zero() {
+        let max_age = self.config().max_age;
+        if max_age.is_zero() {
             return 0;
         }
-        let cutoff = now_ms.saturating_sub(self.cfg.max_age.as_millis() as u64);
+        let cutoff = now_ms.saturating_sub(max_age.as_millis() as u64);
         let mut n = 0;
         while let Some((k, ts)) = self.oldest() {
             if ts >= cutoff {

@@ -7,10 +7,10 @@
 //! pipeline thread closes batches by its commit window), then acknowledges and
 //! wakes the sinks.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::metrics::{IntakeMetrics, SyncMetrics};
@@ -61,6 +61,10 @@ pub struct Intake {
     low: Arc<AtomicU64>,
     /// The thread's heartbeat: idle while waiting by design.
     beat: Option<Arc<crate::common::health::Beat>>,
+    /// When the current input was received (ms since the epoch): its
+    /// outputs' entries carry it, so a sink's delivery latency and a
+    /// queue's `max_age` count from receipt.
+    received_ms: u64,
 }
 
 impl Intake {
@@ -83,6 +87,7 @@ impl Intake {
             low: store.writer(),
             store,
             beat: None,
+            received_ms: 0,
         }
     }
 
@@ -146,6 +151,8 @@ impl Intake {
                 ack,
                 origin,
             } => {
+                // A source stamps `ts` at receipt; never in the future.
+                self.received_ms = record.ts.min(now_ms());
                 let origin = origin.filter(|_| self.store.is_durable());
                 if let Some(o) = &origin
                     && o.dup
@@ -169,6 +176,7 @@ impl Intake {
                 bytes,
                 ack,
             } => {
+                self.received_ms = now_ms();
                 let line = serde_json::json!({
                     "source": source,
                     "topic": topic,
@@ -223,7 +231,7 @@ impl Intake {
         if wanted.is_empty() {
             return;
         }
-        let stored = entry::encode(kind, now_ms(), pipeline, body);
+        let stored = entry::encode(kind, self.received_ms, pipeline, body);
         // One sequence number per record: the same message id in every sink.
         self.store.hold_from(&self.low);
         let seq = self.store.take_seq();
@@ -309,7 +317,7 @@ pub const MAX_SYNC_RETRY: Duration = Duration::from_secs(2);
 pub fn run_syncer(
     store: Arc<Store>,
     rx: mpsc::Receiver<Pending>,
-    queues: Vec<Arc<Queue>>,
+    queues: Arc<Mutex<Vec<Arc<Queue>>>>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<SyncMetrics>,
     beat: Arc<crate::common::health::Beat>,
@@ -373,7 +381,8 @@ pub fn run_syncer(
         }
         metrics.syncs.fetch_add(1, Relaxed);
         acks.into_iter().for_each(Ack::ack);
-        for q in &queues {
+        // The sinks of now: a reload may add some.
+        for q in queues.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             q.wake.notify_one();
         }
     }

@@ -1,5 +1,6 @@
-//! The pipeline threads. With one pipeline, it runs on the thread that
-//! takes the input ([`drain`]). With several, a dispatcher hands each
+//! The pipeline threads ([`serve`]). With one pipeline, it runs on the
+//! thread that takes the input ([`drain`]). With several (from the start,
+//! or after a reload that adds one), a dispatcher hands each
 //! record to the pipelines that take it, each on a thread of its own with
 //! a share of the record's acknowledgement ([`dispatch`]), so a slow
 //! pipeline stalls only itself.
@@ -160,12 +161,67 @@ fn over_budget(stopping: &AtomicBool, seen: &mut Option<Instant>) -> bool {
 /// group-commit [`Window`] says so. Returns the router
 /// (for its counters).
 pub fn drain(
+    rx: mpsc::Receiver<Item>,
+    ctl: mpsc::UnboundedReceiver<Swap>,
+    sinks: Vec<(SinkConfig, Arc<Queue>)>,
+    router: Router,
+    shared: Shared,
+) -> Router {
+    match run_one(rx, ctl, sinks, router, shared, false) {
+        Ended::Done(r) | Ended::Grow { router: r, .. } => r,
+    }
+}
+
+/// How [`run_one`] ended.
+enum Ended {
+    /// The input closed, or the stop's drain budget was spent.
+    Done(Router),
+    /// A swap brought several pipelines: they need a thread each.
+    Grow {
+        rx: mpsc::Receiver<Item>,
+        ctl: mpsc::UnboundedReceiver<Swap>,
+        sinks: Vec<(SinkConfig, Arc<Queue>)>,
+        /// The new pipelines, with the old ones' state and counters.
+        router: Router,
+    },
+}
+
+/// The gateway's pipeline thread: one pipeline runs on it ([`drain`]);
+/// several, or a reload that brings several, go behind a dispatcher
+/// ([`dispatch`]) from this thread. Returns the pipelines (for the report).
+pub fn serve(
+    rx: mpsc::Receiver<Item>,
+    ctl: mpsc::UnboundedReceiver<Swap>,
+    sinks: Vec<(SinkConfig, Arc<Queue>)>,
+    router: Router,
+    shared: Shared,
+    capacity: usize,
+) -> std::io::Result<Router> {
+    if router.pipelines().count() > 1 {
+        return dispatch(rx, ctl, sinks, router, shared, capacity);
+    }
+    match run_one(rx, ctl, sinks, router, shared.clone(), true) {
+        Ended::Done(r) => Ok(r),
+        Ended::Grow {
+            rx,
+            ctl,
+            sinks,
+            router,
+        } => dispatch(rx, ctl, sinks, router, shared, capacity),
+    }
+}
+
+/// [`drain`]; with `grow`, a swap to several pipelines ends it with
+/// [`Ended::Grow`] (after this thread's last batch is handed to the sync
+/// thread), so the caller can dispatch.
+fn run_one(
     mut rx: mpsc::Receiver<Item>,
     mut ctl: mpsc::UnboundedReceiver<Swap>,
     sinks: Vec<(SinkConfig, Arc<Queue>)>,
     mut router: Router,
     shared: Shared,
-) -> Router {
+    grow: bool,
+) -> Ended {
     let name = router
         .pipelines()
         .next()
@@ -197,8 +253,20 @@ pub fn drain(
                 let mut new = s.router;
                 let kept = new.carry_over(&mut router);
                 router = new;
-                intake.set_sinks(&s.sinks);
                 shared.registry.publish_pipelines(router.pipelines());
+                if grow && router.pipelines().count() > 1 {
+                    // What this thread took is committed; the dispatcher
+                    // takes the next input.
+                    intake.submit();
+                    let _ = s.done.send(kept);
+                    return Ended::Grow {
+                        rx,
+                        ctl,
+                        sinks: s.sinks,
+                        router,
+                    };
+                }
+                intake.set_sinks(&s.sinks);
                 let _ = s.done.send(kept);
                 continue;
             }
@@ -245,7 +313,7 @@ pub fn drain(
     }
     intake.submit();
     shared.registry.publish_pipelines(router.pipelines());
-    router
+    Ended::Done(router)
 }
 
 /// A pipeline on a thread of its own.

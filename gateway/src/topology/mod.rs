@@ -21,9 +21,9 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -142,20 +142,7 @@ impl Topology {
         registry.set_store(store.clone());
         let (tx, requests) = mpsc::unbounded_channel();
         // Bound here, so a taken port fails the start with the reason.
-        let metrics = match &cfg.metrics {
-            Some(m) => {
-                let l = std::net::TcpListener::bind(m.listen).map_err(|e| {
-                    anyhow::anyhow!(
-                        "[metrics] cannot listen on {}: {e} (pick another `listen` address)",
-                        m.listen
-                    )
-                })?;
-                l.set_nonblocking(true)?;
-                tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
-                Some(l)
-            }
-            None => None,
-        };
+        let metrics = bind_metrics(cfg).map_err(|e| anyhow::anyhow!(e))?;
         // Status without a control socket beats no gateway: a socket that
         // cannot be made is logged, and weir serves without it.
         let path = control::path_of(cfg);
@@ -209,15 +196,18 @@ impl Topology {
         } = self;
         let stopping = Arc::new(AtomicBool::new(false));
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let wake = Arc::new(Mutex::new(
+            queues.iter().map(|(_, q)| q.clone()).collect::<Vec<_>>(),
+        ));
         let syncer = {
             let (store, stopping, m) = (store.clone(), stopping.clone(), registry.sync.clone());
             let beat = registry.beat("store-sync");
-            let qs: Vec<Arc<Queue>> = queues.iter().map(|(_, q)| q.clone()).collect();
+            let wake = wake.clone();
             // The pipeline threads close batches by the commit window; the
             // sync thread syncs each as soon as it comes (group commit).
             std::thread::Builder::new()
                 .name("store-sync".into())
-                .spawn(move || run_syncer(store, sync_rx, qs, stopping, m, beat))?
+                .spawn(move || run_syncer(store, sync_rx, wake, stopping, m, beat))?
         };
         let shared = lanes::Shared {
             store: store.clone(),
@@ -231,19 +221,18 @@ impl Topology {
         let (tx, rx) = mpsc::channel::<Item>(opts.channel.max(1));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         // One pipeline runs on the thread that takes the input; several
-        // get a thread each behind a dispatcher.
-        let single = cfg.pipelines.len() <= 1;
+        // (from the start or after a reload) get a thread each behind a
+        // dispatcher.
         let worker = {
             let (sinks, channel) = (queues.clone(), opts.channel);
-            if single {
-                std::thread::Builder::new()
-                    .name("pipelines".into())
-                    .spawn(move || Ok(lanes::drain(rx, ctl_rx, sinks, router, shared)))?
+            let name = if cfg.pipelines.len() <= 1 {
+                "pipelines"
             } else {
-                std::thread::Builder::new()
-                    .name("dispatch".into())
-                    .spawn(move || lanes::dispatch(rx, ctl_rx, sinks, router, shared, channel))?
-            }
+                "dispatch"
+            };
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || lanes::serve(rx, ctl_rx, sinks, router, shared, channel))?
         };
 
         let mut tasks = Tasks {
@@ -253,34 +242,32 @@ impl Topology {
             tx: Some(tx),
             sources: HashMap::new(),
             sinks: HashMap::new(),
+            queues,
+            wake,
+            metrics: None,
+            status: None,
+            control: None,
+            handle: handle.clone(),
+            config_file: std::path::PathBuf::from(&cfg.file),
         };
         for src in &cfg.sources {
             tasks.start_source(src);
         }
-        for (s, q) in &queues {
-            tasks.start_sink(s, q.clone());
+        for (s, q) in tasks.queues.clone() {
+            tasks.start_sink(&s, q);
         }
         tracing::info!(
             sources = cfg.sources.len(),
             pipelines = cfg.pipelines.len(),
-            sinks = queues.len(),
+            sinks = tasks.queues.len(),
             durable = store.is_durable(),
             "weir is serving"
         );
-        let metrics = metrics
-            .map(tokio::net::TcpListener::from_std)
-            .transpose()?
-            .map(|l| tokio::spawn(crate::metrics::prometheus::serve(l, registry.clone())));
-        let (status_stop, status_stopped) = watch::channel(false);
-        let status = cfg.status.clone().zip(cfg.status_sink()).map(|(st, sink)| {
-            tokio::spawn(crate::metrics::status::run(
-                st,
-                sink,
-                cfg.gateway.id.clone(),
-                registry.clone(),
-                status_stopped,
-            ))
-        });
+        if let Some(l) = metrics {
+            tasks.start_metrics(l)?;
+        }
+        let (status_stop, _) = watch::channel(false);
+        tasks.start_status(&cfg).await;
         let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
         let pusher = cfg
             .modules
@@ -299,18 +286,9 @@ impl Topology {
                     status_stop.subscribe(),
                 ))
             });
-        let (control_path, control) = match control {
-            Some((p, l)) => (
-                Some(p),
-                Some(tokio::spawn(control::serve(
-                    tokio::net::UnixListener::from_std(l)?,
-                    registry.clone(),
-                    handle.clone(),
-                    std::path::PathBuf::from(&cfg.file),
-                ))),
-            ),
-            None => (None, None),
-        };
+        if let Some((p, l)) = control {
+            tasks.start_control(p, l)?;
+        }
         let stats = (!opts.stats_every.is_zero()).then(|| {
             let (registry, every) = (registry.clone(), opts.stats_every);
             tokio::spawn(stats_lines(registry, every.max(Duration::from_millis(10))))
@@ -331,7 +309,7 @@ impl Topology {
                 Some(req) = requests.recv() => match req {
                     Request::Reload(new, reply) => {
                         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                        let r = reload::apply(&cfg, &new, &overlay, &queues, &ctl, &mut tasks, single).await;
+                        let r = reload::apply(&cfg, &new, &overlay, &ctl, &mut tasks).await;
                         match &r {
                             Ok(what) => {
                                 registry.reloads.fetch_add(1, Relaxed);
@@ -354,7 +332,7 @@ impl Topology {
                             Some(m) => next.insert(stage.clone(), m),
                             None => next.remove(&stage),
                         };
-                        let r = reload::swap_in(&cfg, &next, Some((&stage.0, &stage.1, carry)), &queues, &ctl).await;
+                        let r = reload::swap_in(&cfg, &next, Some((&stage.0, &stage.1, carry)), &tasks.queues, &ctl).await;
                         if r.is_ok() {
                             overlay = next;
                             registry.changes.fetch_add(1, Relaxed);
@@ -367,9 +345,10 @@ impl Topology {
 
         drop(handle);
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        for t in [watchdog, stats, metrics, control].into_iter().flatten() {
+        for t in [watchdog, stats].into_iter().flatten() {
             t.abort();
         }
+        let control_path = tasks.stop_services().await;
         tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
         stopping.store(true, Relaxed);
         tasks.stop_sources().await;
@@ -382,8 +361,11 @@ impl Topology {
         })
         .await;
         tasks.stop_sinks().await;
+        if let Some(t) = tasks.status.take() {
+            t.stop().await;
+        }
         let _ = status_stop.send(true);
-        for t in [status, pusher].into_iter().flatten() {
+        if let Some(t) = pusher {
             let _ = t.await;
         }
         let worker_ok = matches!(worker, Ok(Ok(Ok(_))));
@@ -413,7 +395,8 @@ impl Task {
     }
 }
 
-/// The source and sink tasks of a running topology.
+/// The tasks of a running topology: sources, sinks and the services
+/// (metrics, status over MQTT, the control socket).
 pub(crate) struct Tasks {
     gateway: String,
     registry: Arc<Registry>,
@@ -421,6 +404,35 @@ pub(crate) struct Tasks {
     tx: Option<mpsc::Sender<Item>>,
     sources: HashMap<String, Task>,
     sinks: HashMap<String, Task>,
+    /// Every queue opened, with the config of its sink when last
+    /// configured: a sink a reload removes keeps its queue (and what it
+    /// holds) for its return.
+    queues: Vec<(SinkConfig, Arc<Queue>)>,
+    /// The queues the sync thread wakes after a sync.
+    wake: Arc<Mutex<Vec<Arc<Queue>>>>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
+    status: Option<Task>,
+    control: Option<(std::path::PathBuf, tokio::task::JoinHandle<()>)>,
+    handle: Handle,
+    config_file: std::path::PathBuf,
+}
+
+/// Bind `[metrics] listen`, if configured: a taken port is an error with
+/// the reason (at start, and for a reload).
+fn bind_metrics(cfg: &Config) -> Result<Option<std::net::TcpListener>, String> {
+    let Some(m) = &cfg.metrics else {
+        return Ok(None);
+    };
+    let l = std::net::TcpListener::bind(m.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| {
+            format!(
+                "[metrics] cannot listen on {}: {e} (pick another `listen` address)",
+                m.listen
+            )
+        })?;
+    tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
+    Ok(Some(l))
 }
 
 /// A config's identity for "did it change": its full debug rendering.
@@ -489,6 +501,82 @@ impl Tasks {
             }
         });
         self.sinks.insert(s.name.clone(), Task { stop, join });
+    }
+
+    /// Serve `/metrics` on `l` (instead of the listener before).
+    fn start_metrics(&mut self, l: std::net::TcpListener) -> std::io::Result<()> {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        if let Some(old) = self.metrics.take() {
+            old.abort();
+        }
+        let serve = crate::metrics::prometheus::serve(l, self.registry.clone());
+        self.metrics = Some(tokio::spawn(serve));
+        Ok(())
+    }
+
+    fn stop_metrics(&mut self) {
+        if let Some(old) = self.metrics.take() {
+            old.abort();
+        }
+    }
+
+    /// Publish status over MQTT as `cfg` says (after stopping the
+    /// publisher before: its topic gets the clean stop's `offline`).
+    async fn start_status(&mut self, cfg: &Config) {
+        if let Some(t) = self.status.take() {
+            t.stop().await;
+        }
+        let Some((st, sink)) = cfg.status.clone().zip(cfg.status_sink()) else {
+            return;
+        };
+        let (stop, stopped) = watch::channel(false);
+        let run = crate::metrics::status::run(
+            st,
+            sink,
+            cfg.gateway.id.clone(),
+            self.registry.clone(),
+            stopped,
+        );
+        self.status = Some(Task {
+            stop,
+            join: tokio::spawn(run),
+        });
+    }
+
+    /// Answer on the control socket `path` (bound as `l`), instead of the
+    /// one before (whose file is removed).
+    fn start_control(
+        &mut self,
+        path: std::path::PathBuf,
+        l: std::os::unix::net::UnixListener,
+    ) -> std::io::Result<()> {
+        let l = tokio::net::UnixListener::from_std(l)?;
+        self.stop_control();
+        let serve = control::serve(
+            l,
+            self.registry.clone(),
+            self.handle.clone(),
+            self.config_file.clone(),
+        );
+        self.control = Some((path, tokio::spawn(serve)));
+        Ok(())
+    }
+
+    /// Stop answering on the control socket and remove its file.
+    fn stop_control(&mut self) {
+        if let Some((path, t)) = self.control.take() {
+            t.abort();
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Stop `/metrics` and the control socket at the end of a run; the
+    /// control socket's path, for its removal after the stop.
+    async fn stop_services(&mut self) -> Option<std::path::PathBuf> {
+        self.stop_metrics();
+        let (path, t) = self.control.take()?;
+        t.abort();
+        Some(path)
     }
 
     async fn stop_sources(&mut self) {

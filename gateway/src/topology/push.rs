@@ -82,6 +82,7 @@ fn has_stage(cfg: &Config, pipeline: &str, stage: &str) -> bool {
 fn pushed(b: &Bundle) -> Pushed {
     Pushed {
         label: format!("{}@{}", b.manifest.name, b.manifest.version),
+        version: b.manifest.version.to_string(),
         wasm: b.wasm.clone().into(),
         grants: b.manifest.grants.clone(),
     }

@@ -18,7 +18,7 @@ use crate::deploy::Overlay;
 use crate::pipeline::Runtime;
 use crate::routing::{Carry, Router};
 use crate::sinks::SinkConfig;
-use crate::store::Queue;
+use crate::store::{OpenReport, Queue};
 
 /// What a reload changes.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -29,13 +29,25 @@ pub struct Plan {
     pub add_sources: Vec<String>,
     /// Sources to stop.
     pub remove_sources: Vec<String>,
-    /// Sinks to stop and start again with their new config (same queue).
+    /// Sinks to stop and start again with their new config (same queue,
+    /// with the new buffer bounds).
     pub restart_sinks: Vec<String>,
+    /// Sinks to start, each with a queue of its own.
+    pub add_sinks: Vec<String>,
+    /// Sinks to stop; their queues stay in the store.
+    pub remove_sinks: Vec<String>,
+    /// `[metrics]` changed: serve `/metrics` on the new address (or stop).
+    pub metrics: bool,
+    /// `[status]`, or the sink it publishes through, changed.
+    pub status: bool,
+    /// The control socket moves.
+    pub control: bool,
 }
 
 /// Decide what `new` changes against `old`, or why it needs a restart.
-/// `single`: the running gateway runs its pipelines on one thread.
-pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
+/// `durable_store`: the running gateway has its store open on disk (it
+/// had a durable sink at start).
+pub fn plan(old: &Config, new: &Config, durable_store: bool) -> Result<Plan, String> {
     let restart = |what: &str| {
         Err(format!(
             "{what} cannot change while running; restart weir to apply it (`systemctl restart weir`)"
@@ -46,15 +58,6 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
     }
     if fingerprint(&old.store) != fingerprint(&new.store) || old.store_path() != new.store_path() {
         return restart("`[store]`");
-    }
-    if old.metrics != new.metrics {
-        return restart("`[metrics]`");
-    }
-    if old.status != new.status {
-        return restart("`[status]`");
-    }
-    if old.gateway.control != new.gateway.control {
-        return restart("`gateway.control`");
     }
     // Trusted keys, the policy and probation apply live; where pushes
     // come from does not.
@@ -71,28 +74,30 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
     if from(old) != from(new) {
         return restart("`[modules]` sink, prefix, groups or dir");
     }
-    if single && new.pipelines.len() > 1 {
-        return restart("going from one pipeline to several (each gets a thread of its own)");
-    }
     let (old_sinks, new_sinks) = (old.sinks(), new.sinks());
-    let names = |s: &[SinkConfig]| {
-        let mut n: Vec<String> = s.iter().map(|s| s.name.clone()).collect();
-        n.sort();
-        n
-    };
-    if names(&old_sinks) != names(&new_sinks) {
-        return restart("the set of sinks (each owns a queue in the store)");
-    }
     let mut p = Plan::default();
     for n in &new_sinks {
-        let Some(o) = old_sinks.iter().find(|o| o.name == n.name) else {
-            continue;
-        };
-        if fingerprint(&o.buffer) != fingerprint(&n.buffer) || o.is_durable() != n.is_durable() {
-            return restart(&format!("sink `{}`'s buffer", n.name));
+        match old_sinks.iter().find(|o| o.name == n.name) {
+            Some(o) if o.is_durable() != n.is_durable() => {
+                return restart(&format!(
+                    "sink `{}`'s `durable` (its queue is on disk or in memory)",
+                    n.name
+                ));
+            }
+            Some(o) if fingerprint(o) != fingerprint(n) => p.restart_sinks.push(n.name.clone()),
+            Some(_) => {}
+            None if n.is_durable() && !durable_store => {
+                return restart(&format!(
+                    "adding durable sink `{}` to a gateway that started without one (the store is not open)",
+                    n.name
+                ));
+            }
+            None => p.add_sinks.push(n.name.clone()),
         }
-        if fingerprint(o) != fingerprint(n) {
-            p.restart_sinks.push(n.name.clone());
+    }
+    for o in &old_sinks {
+        if !new_sinks.iter().any(|n| n.name == o.name) {
+            p.remove_sinks.push(o.name.clone());
         }
     }
     for n in &new.sources {
@@ -109,6 +114,10 @@ pub fn plan(old: &Config, new: &Config, single: bool) -> Result<Plan, String> {
             p.remove_sources.push(o.name().to_string());
         }
     }
+    p.metrics = old.metrics != new.metrics;
+    p.status = fingerprint(&(&old.status, old.status_sink()))
+        != fingerprint(&(&new.status, new.status_sink()));
+    p.control = super::control::path_of(old) != super::control::path_of(new);
     Ok(p)
 }
 
@@ -190,20 +199,97 @@ pub(super) async fn swap_in(
     Ok(summary)
 }
 
+/// What a reload opens before it changes anything: a failure to open
+/// one refuses the reload, and the running config keeps running.
+#[derive(Default)]
+struct Opened {
+    queues: Vec<(SinkConfig, Arc<Queue>)>,
+    metrics: Option<std::net::TcpListener>,
+    control: Option<(std::path::PathBuf, std::os::unix::net::UnixListener)>,
+}
+
+impl Opened {
+    fn open(new: &Config, plan: &Plan, tasks: &Tasks) -> Result<Opened, String> {
+        let mut o = Opened::default();
+        let sinks = new.sinks();
+        for name in &plan.add_sinks {
+            let Some(s) = sinks.iter().find(|s| &s.name == name) else {
+                continue;
+            };
+            match tasks.queues.iter().find(|(c, _)| &c.name == name) {
+                // Removed before and back: its queue, with what it held.
+                Some((_, q)) if q.is_durable() == s.is_durable() => {}
+                Some(_) => {
+                    return Err(format!(
+                        "sink `{name}` comes back with another `durable` than its queue kept from before; restart weir to apply it (`systemctl restart weir`)"
+                    ));
+                }
+                None => {
+                    let mut report = OpenReport::default();
+                    let q = tasks
+                        .store
+                        .queue(name, s.buffer, s.is_durable(), &mut report)
+                        .map_err(|e| format!("sink `{name}`: its queue cannot be opened: {e}"))?;
+                    o.queues.push((s.clone(), q));
+                }
+            }
+        }
+        if plan.metrics {
+            o.metrics = super::bind_metrics(new)?;
+        }
+        if plan.control {
+            let path = super::control::path_of(new);
+            let l = super::control::bind(&path).map_err(|e| e.to_string())?;
+            o.control = Some((path, l));
+        }
+        Ok(o)
+    }
+
+    /// A refused reload: leave no socket file behind.
+    fn discard(self) {
+        if let Some((path, _)) = self.control {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Apply `new` to the running topology, with the pushed modules of
 /// `overlay`. `Ok`: a summary of what changed.
 pub(super) async fn apply(
     old: &Config,
     new: &Config,
     overlay: &Overlay,
-    queues: &[(SinkConfig, Arc<Queue>)],
     ctl: &mpsc::UnboundedSender<Swap>,
     tasks: &mut Tasks,
-    single: bool,
 ) -> Result<String, String> {
-    let plan = plan(old, new, single)?;
-    let mut summary = swap_in(new, overlay, None, queues, ctl).await?;
-    let sinks = with_queues(new, queues);
+    let plan = plan(old, new, tasks.store.is_durable())?;
+    let opened = Opened::open(new, &plan, tasks)?;
+    let mut all = tasks.queues.clone();
+    all.extend(opened.queues.iter().cloned());
+    let mut summary = match swap_in(new, overlay, None, &all, ctl).await {
+        Ok(s) => s,
+        Err(e) => {
+            opened.discard();
+            return Err(e);
+        }
+    };
+    let Opened {
+        queues: added,
+        metrics,
+        control,
+    } = opened;
+    // Every queue is kept; each configured one takes its sink's config
+    // (its buffer bounds apply from the next entry).
+    tasks.queues.extend(added.iter().cloned());
+    for (c, q) in tasks.queues.iter_mut() {
+        if let Some(n) = new.sinks().into_iter().find(|n| n.name == c.name) {
+            q.set_config(n.buffer);
+            *c = n;
+        }
+    }
+    *tasks.wake.lock().unwrap_or_else(|p| p.into_inner()) =
+        tasks.queues.iter().map(|(_, q)| q.clone()).collect();
+    let sinks = with_queues(new, &tasks.queues);
     tasks.registry.retain_pipelines(
         &new.pipelines
             .iter()
@@ -224,22 +310,54 @@ pub(super) async fn apply(
             tasks.start_source(src);
         }
     }
-    for name in &plan.restart_sinks {
+    for name in plan.remove_sinks.iter().chain(&plan.restart_sinks) {
         if let Some(t) = tasks.sinks.remove(name) {
             t.stop().await;
         }
+    }
+    for name in &plan.remove_sinks {
+        tasks.registry.remove_sink(name);
+        if let Some((_, q)) = tasks.queues.iter().find(|(c, _)| &c.name == name) {
+            tracing::warn!(sink = %name, entries = q.len(), bytes = q.bytes(),
+                "sink removed: its queue stays in the store for its return (`weir store compact --drop-orphans` removes it after a stop)");
+        }
+    }
+    for name in plan.restart_sinks.iter().chain(&plan.add_sinks) {
         if let Some((s, q)) = sinks.iter().find(|(s, _)| &s.name == name) {
             tasks.start_sink(s, q.clone());
         }
+    }
+    if plan.metrics {
+        match metrics {
+            Some(l) => tasks.start_metrics(l).map_err(|e| e.to_string())?,
+            None => tasks.stop_metrics(),
+        }
+    }
+    if plan.status {
+        tasks.start_status(new).await;
+    }
+    if let Some((path, l)) = control {
+        tasks.start_control(path, l).map_err(|e| e.to_string())?;
     }
     for (what, list) in [
         ("sources restarted", &plan.restart_sources),
         ("sources added", &plan.add_sources),
         ("sources removed", &plan.remove_sources),
         ("sinks restarted", &plan.restart_sinks),
+        ("sinks added", &plan.add_sinks),
+        ("sinks removed", &plan.remove_sinks),
     ] {
         if !list.is_empty() {
             let _ = write!(summary, "; {what}: {}", list.join(" "));
+        }
+    }
+    for (what, changed) in [
+        ("metrics", plan.metrics),
+        ("status", plan.status),
+        ("control socket", plan.control),
+    ] {
+        if changed {
+            let _ = write!(summary, "; {what} restarted");
         }
     }
     Ok(summary)
@@ -293,19 +411,49 @@ type = "stdout"
     }
 
     #[test]
+    fn sinks_metrics_status_and_pipelines_change_in_place() {
+        let base = cfg(BASE);
+        let more = cfg(&(BASE.to_string()
+            + "[[sink]]\nname = \"o2\"\ntype = \"file\"\npath = \"o2.jsonl\"\n"
+            + "[metrics]\nlisten = \"127.0.0.1:9999\"\n"
+            + "[[pipeline]]\nname = \"q\"\n[[pipeline.stage]]\nname = \"s\"\nmodule = \"m.wasm\"\n"));
+        let p = plan(&base, &more, true).unwrap();
+        assert_eq!(p.add_sinks, ["o2"]);
+        assert!(p.metrics && !p.status && !p.control);
+        let back = plan(&more, &base, true).unwrap();
+        assert_eq!(back.remove_sinks, ["o2"]);
+        assert!(back.metrics);
+        // A durable sink needs the store open.
+        assert!(
+            plan(&base, &more, false)
+                .unwrap_err()
+                .contains("durable sink `o2`")
+        );
+        // New buffer bounds: the sink restarts with them.
+        let mut bounds = more.clone();
+        bounds
+            .sinks
+            .iter_mut()
+            .filter(|s| s.name == "o2")
+            .for_each(|s| s.buffer.max_bytes.0 = 1 << 20);
+        let p = plan(&more, &bounds, true).unwrap();
+        assert_eq!(p.restart_sinks, ["o2"]);
+    }
+
+    #[test]
     fn what_needs_a_restart_is_refused_with_the_reason() {
         let base = cfg(BASE);
         let id = cfg(&BASE.replace("id = \"gw\"", "id = \"gw2\""));
         assert!(plan(&base, &id, true).unwrap_err().contains("gateway.id"));
-        let sinks = cfg(&(BASE.to_string() + "[[sink]]\nname = \"o2\"\ntype = \"stdout\"\n"));
+        let file = "[[sink]]\nname = \"o2\"\ntype = \"file\"\npath = \"o2.jsonl\"\n";
+        let durable = cfg(&(BASE.to_string() + file));
+        let memory = cfg(&(BASE.to_string() + file + "durable = false\n"));
         assert!(
-            plan(&base, &sinks, true)
+            plan(&durable, &memory, true)
                 .unwrap_err()
-                .contains("set of sinks")
+                .contains("`o2`'s `durable`")
         );
-        let two = cfg(&(BASE.to_string()
-            + "[[pipeline]]\nname = \"q\"\n[[pipeline.stage]]\nname = \"s\"\nmodule = \"m.wasm\"\n"));
-        assert!(plan(&base, &two, true).unwrap_err().contains("several"));
-        assert!(plan(&base, &two, false).is_ok());
+        let store = cfg(&(BASE.to_string() + "[store]\ncommit_window = \"1ms\"\n"));
+        assert!(plan(&base, &store, true).unwrap_err().contains("[store]"));
     }
 }
