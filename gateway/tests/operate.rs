@@ -269,7 +269,16 @@ fn a_reload_adds_a_pipeline_and_a_sink_moves_metrics_and_takes_them_away_again()
     let (code, out, err) = self::weir(&["status", "--socket", sock.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("copy"), "{out}");
-    std::thread::sleep(Duration::from_millis(1200));
+    // Let `copy` deliver some (bounded), then take it away again.
+    let deadline = Instant::now() + patience(20);
+    while std::fs::read_to_string(d.join("copy.jsonl")).map_or(0, |t| t.lines().count()) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "copy delivers nothing\n{}",
+            weir.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // And back: `all` and `copy` go, the metrics come home.
     growing(d, broker.port, m1, false);
     hangup(&weir);
@@ -283,13 +292,30 @@ fn a_reload_adds_a_pipeline_and_a_sink_moves_metrics_and_takes_them_away_again()
         .map(|l| l["payload"]["n"].as_u64().unwrap())
         .collect();
     // `p` kept its state through both swaps: every seventh, once, in order.
-    assert!(
-        ns == want,
-        "{} of {} records\n{}",
-        ns.len(),
-        want.len(),
-        weir.log()
-    );
+    let wrong: Vec<(usize, u64)> = ns
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, _))| (i, *a))
+        .take(10)
+        .collect();
+    if ns != want {
+        std::thread::sleep(Duration::from_secs(2));
+        let again: Vec<u64> = out_lines(d)
+            .iter()
+            .map(|l| l["payload"]["n"].as_u64().unwrap())
+            .collect();
+        let log = weir.stop();
+        let at = wrong[0].0;
+        let around = &ns[at.saturating_sub(4)..(at + 6).min(ns.len())];
+        panic!(
+            "{} of {} records ({} after 2 s more), first differences (index, n): {wrong:?}, around: {around:?}\n{log}",
+            ns.len(),
+            want.len(),
+            again.len()
+        );
+    }
 
     // `copy` took every record while it was there: one unbroken run.
     let text = std::fs::read_to_string(d.join("copy.jsonl")).unwrap();
@@ -302,7 +328,7 @@ fn a_reload_adds_a_pipeline_and_a_sink_moves_metrics_and_takes_them_away_again()
         })
         .collect();
     assert!(
-        copied.len() > 500,
+        copied.len() >= 100,
         "{} copied\n{}",
         copied.len(),
         weir.log()

@@ -144,41 +144,78 @@ fn request_capacity(inflight: u16) -> usize {
     (usize::from(inflight) * 2).max(1024)
 }
 
-/// An acknowledgement that counts a failure instead of losing it silently.
-fn acker(
-    failures: &Arc<AtomicU64>,
-    name: &str,
-    send: impl FnOnce() -> bool + Send + 'static,
-) -> Ack {
-    let (failures, name) = (failures.clone(), name.to_owned());
-    Ack::new(move || {
-        if !send() && failures.fetch_add(1, Relaxed) == 0 {
-            tracing::warn!(source = %name, "an MQTT acknowledgement could not be queued; the broker will redeliver");
+/// One QoS 1/2 message's place in the acknowledgement order. Acknowledged,
+/// it hands its packet to the [`AckQueue`]; dropped unacknowledged (a stop
+/// leaves it to the broker), it gives up its place so later ones go on.
+struct Ticket<P: Send + 'static> {
+    tx: mpsc::UnboundedSender<(u64, Option<P>)>,
+    n: u64,
+    p: Option<P>,
+    failures: Arc<AtomicU64>,
+    name: String,
+}
+
+impl<P: Send + 'static> Ticket<P> {
+    fn ack(mut self) {
+        let p = self.p.take();
+        if self.tx.send((self.n, p)).is_err() && self.failures.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(source = %self.name, "an MQTT acknowledgement could not be queued; the broker will redeliver");
         }
-    })
+    }
 }
 
-/// Acknowledgements on their way from the pipeline thread into the client's
-/// request queue (see [`request_capacity`]).
+impl<P: Send + 'static> Drop for Ticket<P> {
+    fn drop(&mut self) {
+        if self.p.take().is_some() {
+            let _ = self.tx.send((self.n, None));
+        }
+    }
+}
+
+/// Acknowledgements on their way from the pipeline threads into the
+/// client's request queue (see [`request_capacity`]), released in the
+/// order the messages came: MQTT requires PUBACKs in the order of the
+/// PUBLISHes (MQTT-4.6.0-2), and a broker that gets them out of order may
+/// deliver what it queued out of order too (mosquitto did, once several
+/// pipelines on their own threads acknowledged each input when the last of
+/// them was done with it).
 struct AckQueue<P> {
-    tx: mpsc::UnboundedSender<P>,
-    rx: mpsc::UnboundedReceiver<P>,
+    tx: mpsc::UnboundedSender<(u64, Option<P>)>,
+    rx: mpsc::UnboundedReceiver<(u64, Option<P>)>,
     pending: std::collections::VecDeque<P>,
+    /// The next ticket to hand out.
+    issued: AtomicU64,
+    /// The next ticket to release.
+    next: u64,
+    /// Tickets done before an earlier one, waiting for it (`None`: given
+    /// up unacknowledged).
+    done: std::collections::BTreeMap<u64, Option<P>>,
 }
 
-impl<P> AckQueue<P> {
+impl<P: Send + 'static> AckQueue<P> {
     fn new() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         AckQueue {
             tx,
             rx,
             pending: std::collections::VecDeque::new(),
+            issued: AtomicU64::new(0),
+            next: 0,
+            done: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Where the pipeline thread sends acknowledgements.
-    fn sender(&self) -> mpsc::UnboundedSender<P> {
-        self.tx.clone()
+    /// The acknowledgement of `p`, the next message received: it counts
+    /// a failure instead of losing it silently.
+    fn ack_for(&self, p: P, failures: &Arc<AtomicU64>, name: &str) -> Ack {
+        let t = Ticket {
+            tx: self.tx.clone(),
+            n: self.issued.fetch_add(1, Relaxed),
+            p: Some(p),
+            failures: failures.clone(),
+            name: name.to_owned(),
+        };
+        Ack::new(move || t.ack())
     }
 
     /// Move pending acknowledgements into the client; what does not fit
@@ -192,10 +229,15 @@ impl<P> AckQueue<P> {
         }
     }
 
-    /// Wait for the next acknowledgement from the pipeline thread.
+    /// Wait for the next acknowledgement from the pipeline threads;
+    /// release it, and what waited for it, in order.
     async fn recv(&mut self) {
-        if let Some(p) = self.rx.recv().await {
-            self.pending.push_back(p);
+        if let Some((n, p)) = self.rx.recv().await {
+            self.done.insert(n, p);
+            while let Some(p) = self.done.remove(&self.next) {
+                self.next += 1;
+                self.pending.extend(p);
+            }
         }
     }
 }
@@ -475,12 +517,8 @@ mod v4 {
     /// An MQTT 3.1.1 message in version-independent form, counted, with
     /// its acknowledgement (QoS 1/2) going through `acks`.
     fn message(h: &Handler, p: &rumqttc::Publish, acks: &AckQueue<rumqttc::Publish>) -> Message {
-        let ack = (p.qos != QoS::AtMostOnce).then(|| {
-            let (tx, p) = (acks.sender(), p.clone());
-            acker(&h.metrics.ack_failures, &h.cfg.name, move || {
-                tx.send(p).is_ok()
-            })
-        });
+        let ack = (p.qos != QoS::AtMostOnce)
+            .then(|| acks.ack_for(p.clone(), &h.metrics.ack_failures, &h.cfg.name));
         h.metrics.messages.fetch_add(1, Relaxed);
         Message {
             topic: p.topic.clone(),
@@ -990,12 +1028,8 @@ mod v5 {
                         rc.subscribed(&h, filters.len(), refused);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                            let (tx, p) = (acks.sender(), p.clone());
-                            acker(&h.metrics.ack_failures, &cfg.name, move || {
-                                tx.send(p).is_ok()
-                            })
-                        });
+                        let ack = (p.qos != QoS::AtMostOnce)
+                            .then(|| acks.ack_for(p.clone(), &h.metrics.ack_failures, &cfg.name));
                         let headers = p
                             .properties
                             .as_ref()
@@ -1028,5 +1062,47 @@ mod v5 {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Release what the queue holds, as the source task does.
+    fn released(q: &mut AckQueue<u16>) -> Vec<u16> {
+        let mut out = Vec::new();
+        q.flush(|p| {
+            out.push(*p);
+            true
+        });
+        out
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_leave_in_the_order_the_messages_came() {
+        let failures = Arc::new(AtomicU64::new(0));
+        let mut q = AckQueue::new();
+        let acks: Vec<Ack> = (10..15).map(|p| q.ack_for(p, &failures, "t")).collect();
+        let mut acks: Vec<Option<Ack>> = acks.into_iter().map(Some).collect();
+        // The third and the fifth are done first: nothing leaves yet.
+        acks[2].take().unwrap().ack();
+        acks[4].take().unwrap().ack();
+        q.recv().await;
+        q.recv().await;
+        assert_eq!(released(&mut q), Vec::<u16>::new());
+        // The first: it leaves alone (the second is not done).
+        acks[0].take().unwrap().ack();
+        q.recv().await;
+        assert_eq!(released(&mut q), [10]);
+        // The second is dropped unacknowledged (a stop): it gives up its
+        // place, and the third leaves; the fourth still holds the fifth.
+        drop(acks[1].take());
+        q.recv().await;
+        assert_eq!(released(&mut q), [12]);
+        acks[3].take().unwrap().ack();
+        q.recv().await;
+        assert_eq!(released(&mut q), [13, 14]);
+        assert_eq!(failures.load(Relaxed), 0);
     }
 }
