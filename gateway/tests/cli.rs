@@ -172,6 +172,84 @@ fn module_test_prints_outputs_fuel_time_and_errors() {
     assert_eq!(lines[1]["kind"], "status");
 }
 
+/// The payloads of `weir module test --json` on the W1 samples, per input.
+fn w1_payloads(module_path: &str, extra: &[&str]) -> Vec<Vec<serde_json::Value>> {
+    let samples = repo().join("pipelines/samples/w1.jsonl");
+    let mut args = vec!["module", "test", module_path, "--json", "-i"];
+    let samples = samples.display().to_string();
+    args.push(&samples);
+    args.extend(extra);
+    let out = weir(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["payload"].clone())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_stock_wasi_c_module_runs_w1_like_the_rust_one_with_its_grant_only() {
+    // Built with clang's wasm32-wasi target and Debian's wasi-libc: it
+    // imports fd_write, fd_seek, fd_close and fd_fdstat_get for printf.
+    let c = module("c_wasi_range_filter");
+    let out = weir(&["module", "inspect", &c], None);
+    let inspect = text(&out.stdout);
+    assert!(
+        inspect.contains("wasi_snapshot_preview1.fd_write"),
+        "{inspect}"
+    );
+    // Without the grant: refused at load, naming a WASI import and the grant.
+    let out = weir(&["module", "test", &c], Some(""));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("wasi_snapshot_preview1.fd_") && err.contains("needs grant `log`"),
+        "{err}"
+    );
+    // With it: the Rust range-filter's outputs, input by input, with the
+    // default range and with one set in the config.
+    let rust = module("weir_w1_range_filter");
+    let both = |extra: &[&str]| {
+        let mut with_log = vec!["--grant", "log"];
+        with_log.extend(extra);
+        (w1_payloads(&c, &with_log), w1_payloads(&rust, extra))
+    };
+    let (from_c, from_rust) = both(&[]);
+    assert_eq!(from_c.len(), 200);
+    assert_eq!(from_c.iter().filter(|o| o.is_empty()).count(), 4);
+    assert_eq!(from_c, from_rust);
+    let (from_c, from_rust) = both(&["--set", "min=0", "--set", "max=30"]);
+    assert!(from_c.iter().filter(|o| o.is_empty()).count() > 4);
+    assert_eq!(from_c, from_rust);
+    // printf reaches the stage's log; a failure says why (from stderr).
+    let out = weir(
+        &["module", "test", &c, "--grant", "log"],
+        Some("{\"id\":\"x\",\"temp_c\":120}\n{\"id\":\"y\",\"temp_c\":\"hot\"}\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stderr.contains("range-filter: keeping temp_c in [-40, 85]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dropped: temp_c 120 is outside [-40, 85]"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("module failed: no numeric temp_c in the record (status 2, transform)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn the_c_module_downsamples_per_topic_with_state_and_config() {
     let input: String = (0..9)

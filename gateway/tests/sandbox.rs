@@ -140,7 +140,8 @@ fn memory_grow_beyond_the_cap_is_refused() {
         failure(&mut s),
         StageError::Status {
             code: 3,
-            name: "resource"
+            name: "resource",
+            reason: None,
         }
     );
 }
@@ -216,10 +217,10 @@ fn unknown_and_ungranted_imports_are_refused_by_name() {
             "signature",
         ),
         (
-            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+            r#"(import "wasi_snapshot_preview1" "sock_send" (func (param i32 i32 i32 i32 i32) (result i32)))"#,
             &[Grant::Log][..],
-            "wasi_snapshot_preview1.fd_write",
-            "WASI",
+            "wasi_snapshot_preview1.sock_send",
+            "WASI function is not provided",
         ),
         (
             r#"(import "weir" "table" (table 1 funcref))"#,
@@ -881,4 +882,200 @@ fn a_record_past_its_deadline_fails_while_the_host_works() {
     assert!(e.to_string().contains("50ms"), "{e}");
     // The stage goes on: the next record fails the same way, not wedged.
     assert_eq!(failure(&mut s).kind(), FailureKind::Deadline);
+}
+
+// WASI preview 1, the subset: loaded behind grants, everything else
+// refused by name; and failures that carry the module's reason.
+
+const WASI_IMPORTS: &str = r#"
+    (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+    (import "wasi_snapshot_preview1" "args_sizes_get" (func $args (param i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env (param i32 i32) (result i32)))
+"#;
+
+/// An iovec at 4000 for `text` placed at 4100.
+fn iovec(text: &str) -> String {
+    format!(
+        r#"(data (i32.const 4000) "\04\10\00\00{}\00\00\00") (data (i32.const 4100) "{text}")"#,
+        // The length in bytes (WAT's `\n` is one), one byte: the texts
+        // here are short.
+        format_args!("\\{:02x}", text.replace("\\n", "\n").len())
+    )
+}
+
+#[test]
+fn the_wasi_subset_loads_with_its_grants_and_is_refused_without_one() {
+    let wat = module(WASI_IMPORTS, "", PASS);
+    let all = [Grant::Log, Grant::Clock, Grant::Random];
+    assert!(stage_with(&wat, &all, Limits::default()).is_ok());
+    let err = stage_with(&wat, &[Grant::Log, Grant::Clock], Limits::default())
+        .err()
+        .expect("refused without `random`")
+        .to_string();
+    assert!(err.contains("wasi_snapshot_preview1.random_get"), "{err}");
+    assert!(err.contains("needs grant `random`"), "{err}");
+    let err = stage_with(&wat, &[Grant::Clock, Grant::Random], Limits::default())
+        .err()
+        .expect("refused without `log`")
+        .to_string();
+    assert!(err.contains("fd_write") && err.contains("`log`"), "{err}");
+}
+
+#[test]
+fn a_wasi_function_outside_the_subset_is_refused_by_name() {
+    let imports = r#"(import "wasi_snapshot_preview1" "path_open"
+        (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#;
+    let err = stage_with(&module(imports, "", PASS), &[], Limits::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("wasi_snapshot_preview1.path_open"), "{err}");
+    assert!(err.contains("not provided"), "{err}");
+    assert!(
+        err.contains("fd_write, clock_time_get, random_get"),
+        "{err}"
+    );
+    // A wrong signature is refused too, with both signatures.
+    let imports =
+        r#"(import "wasi_snapshot_preview1" "random_get" (func (param i32) (result i32)))"#;
+    let err = stage_with(
+        &module(imports, "", PASS),
+        &[Grant::Random],
+        Limits::default(),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn wasi_clocks_randomness_args_and_environ_reach_the_module() {
+    // Status 0 only if: 16 random bytes are not all zero, the realtime
+    // clock is after 2023 in nanoseconds, the monotonic clock works, a
+    // CPU-time clock is refused (EINVAL, 28), a pointer outside memory is
+    // EFAULT (21), and there are no arguments and no environment.
+    let body = r#"
+        (if (call $random (i32.const 2048) (i32.const 16)) (then (return (i32.const 10))))
+        (if (i64.eqz (i64.or (i64.load (i32.const 2048)) (i64.load (i32.const 2056))))
+            (then (return (i32.const 11))))
+        (if (call $clock (i32.const 0) (i64.const 0) (i32.const 2100)) (then (return (i32.const 12))))
+        (if (i64.lt_u (i64.load (i32.const 2100)) (i64.const 1700000000000000000))
+            (then (return (i32.const 13))))
+        (if (call $clock (i32.const 1) (i64.const 0) (i32.const 2108)) (then (return (i32.const 14))))
+        (if (i32.ne (call $clock (i32.const 2) (i64.const 0) (i32.const 2116)) (i32.const 28))
+            (then (return (i32.const 15))))
+        (if (i32.ne (call $random (i32.const 65530) (i32.const 16)) (i32.const 21))
+            (then (return (i32.const 16))))
+        (i32.store (i32.const 2200) (i32.const 7))
+        (if (call $args (i32.const 2200) (i32.const 2204)) (then (return (i32.const 17))))
+        (if (i32.load (i32.const 2200)) (then (return (i32.const 18))))
+        (if (call $env (i32.const 2200) (i32.const 2204)) (then (return (i32.const 19))))
+        (drop (call $emit (local.get $ptr) (local.get $len)))
+        (i32.const 0)"#;
+    let all = [Grant::Log, Grant::Clock, Grant::Random];
+    let mut s = stage_with(&module(WASI_IMPORTS, "", body), &all, Limits::default()).unwrap();
+    let out = s.process(&record(1)).map(|o| o.len());
+    assert_eq!(out, Ok(1));
+}
+
+#[test]
+fn wasi_stdout_goes_to_the_log_and_other_fds_are_ebadf() {
+    // fd_write to stdout succeeds and reports the bytes written; fd 3 is
+    // EBADF (8), returned as the status so the test sees it.
+    let text = "hello from wasi\\n";
+    let body = r#"
+        (if (call $fd_write (i32.const 1) (i32.const 4000) (i32.const 1) (i32.const 2300))
+            (then (return (i32.const 20))))
+        (if (i32.ne (i32.load (i32.const 2300)) (i32.const 16)) (then (return (i32.const 21))))
+        (call $fd_write (i32.const 3) (i32.const 4000) (i32.const 1) (i32.const 2300))"#;
+    let mut s = stage_with(
+        &module(WASI_IMPORTS, &iovec(text), body),
+        &[Grant::Log, Grant::Clock, Grant::Random],
+        Limits::default(),
+    )
+    .unwrap();
+    match failure(&mut s) {
+        StageError::Status { code: 8, .. } => {}
+        e => panic!("expected status 8 (EBADF), got {e}"),
+    }
+}
+
+#[test]
+fn proc_exit_fails_the_record_with_its_code_and_the_last_stderr_line() {
+    let body = r#"
+        (if (i32.eqz (global.get $calls)) (then
+            (global.set $calls (i32.const 1))
+            (drop (call $fd_write (i32.const 2) (i32.const 4000) (i32.const 1) (i32.const 2300)))
+            (call $exit (i32.const 3))))
+        (drop (call $emit (local.get $ptr) (local.get $len)))
+        (i32.const 0)"#;
+    let mut s = stage_with(
+        &module(WASI_IMPORTS, &iovec("sensor 7 out of range\\n"), body),
+        &[Grant::Log, Grant::Clock, Grant::Random],
+        Limits::default(),
+    )
+    .unwrap();
+    let e = failure(&mut s);
+    assert_eq!(
+        e,
+        StageError::Exit {
+            code: 3,
+            reason: Some("sensor 7 out of range".into())
+        }
+    );
+    assert_eq!(e.kind(), FailureKind::Exit);
+    assert_eq!(
+        e.to_string(),
+        "module exited with code 3 (WASI proc_exit): sensor 7 out of range"
+    );
+    // The instance that exited is replaced: the next record runs on a
+    // fresh one (which exits again, deterministically), and the stage
+    // goes on.
+    assert!(matches!(failure(&mut s), StageError::Exit { code: 3, .. }));
+    assert_eq!(s.metrics().failed(FailureKind::Exit), 2);
+}
+
+#[test]
+fn fail_gives_the_record_its_reason_and_an_error_log_line_is_the_fallback() {
+    // `fail` then status 0: failed all the same, as status 2, with the reason.
+    let fail_import = r#"(import "weir" "fail" (func $fail (param i32 i32) (result i32)))"#;
+    let body = "(drop (call $fail (i32.const 4100) (i32.const 22))) (i32.const 0)";
+    let items = r#"(data (i32.const 4100) "temp_c is not a number")"#;
+    let mut s = stage(&module(fail_import, items, body));
+    let e = failure(&mut s);
+    assert_eq!(
+        e,
+        StageError::Status {
+            code: 2,
+            name: "transform",
+            reason: Some("temp_c is not a number".into())
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "module failed: temp_c is not a number (status 2, transform)"
+    );
+    // A failure status after a line logged at error level: that line.
+    let log_import = r#"(import "weir" "log" (func $log (param i32 i32 i32) (result i32)))"#;
+    let body = "(drop (call $log (i32.const 0) (i32.const 4100) (i32.const 6))) (i32.const 1)";
+    let mut s = stage_with(
+        &module(log_import, items, body),
+        &[Grant::Log],
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        failure(&mut s).to_string(),
+        "module failed: temp_c (status 1, input)"
+    );
+    // Without either: the status alone, as before.
+    let mut s = stage(&module("", "", "(i32.const 2)"));
+    assert_eq!(
+        failure(&mut s).to_string(),
+        "module returned status 2 (transform)"
+    );
 }

@@ -20,6 +20,10 @@ pub const RUST_MODULES: &[&str] = &[
 ];
 /// C guest sources under `pipelines/c/`, built to `c_<stem>.wasm`.
 pub const C_MODULES: &[&str] = &["downsample.c"];
+/// C guest sources under `pipelines/c/` written for WASI and libc, built
+/// with clang's `wasm32-wasi` target against Debian's wasi-libc, as stock
+/// WASI modules are.
+pub const C_WASI_MODULES: &[&str] = &["wasi_range_filter.c"];
 
 /// The workspace root (parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
@@ -40,7 +44,10 @@ pub fn build_modules(root: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
     build_rust(root, &out)?;
     for src in C_MODULES {
-        build_c(&root.join("pipelines/c").join(src), &out)?;
+        build_c(&root.join("pipelines/c").join(src), &out, false)?;
+    }
+    for src in C_WASI_MODULES {
+        build_c(&root.join("pipelines/c").join(src), &out, true)?;
     }
     Ok(out)
 }
@@ -90,28 +97,37 @@ fn build_rust(root: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn build_c(src: &Path, out: &Path) -> Result<(), String> {
+/// Build one C module: freestanding (`--target=wasm32`, no libc), or for
+/// WASI (`wasi`: `--target=wasm32-wasi` with libc, a reactor).
+fn build_c(src: &Path, out: &Path, wasi: bool) -> Result<(), String> {
     let stem = src
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or("bad C module name")?;
     let dest = out.join(format!("c_{stem}.wasm"));
     let tmp = out.join(format!(".c_{stem}.wasm.tmp"));
-    let result = Command::new("clang")
-        .args([
-            "--target=wasm32",
-            "-O2",
-            "-nostdlib",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
-        .args(["-Wl,--no-entry", "-Wl,-z,stack-size=16384", "-o"])
+    let mut cmd = Command::new("clang");
+    if wasi {
+        cmd.args(["--target=wasm32-wasi", "-mexec-model=reactor"]);
+    } else {
+        cmd.args(["--target=wasm32", "-nostdlib", "-Wl,--no-entry"]);
+    }
+    let result = cmd
+        .args(["-O2", "-Wall", "-Wextra", "-Werror"])
+        .args(["-Wl,-z,stack-size=16384", "-o"])
         .arg(&tmp)
         .arg(src)
         .status();
     match result {
         Ok(s) if s.success() => {}
+        Ok(s) if wasi => {
+            return Err(format!(
+                "clang failed on {} ({s}); WASI modules need Debian's wasi-libc and \
+                 libclang-rt-14-dev-wasm32: `apt-get install --no-install-recommends wasi-libc \
+                 libclang-rt-14-dev-wasm32` (or `cargo xtask test`, which installs them)",
+                src.display()
+            ));
+        }
         Ok(s) => return Err(format!("clang failed on {} ({s})", src.display())),
         Err(e) => {
             return Err(format!(

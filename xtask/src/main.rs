@@ -26,13 +26,16 @@ const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown", "thumbv7em-none-eabi
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// Debian packages every task needs, by name (checked with dpkg, installed
 /// with `--no-install-recommends`, so nothing comes through "recommends"):
-/// clang and lld build the C guest modules, mosquitto and its clients are
+/// clang and lld build the C guest modules (wasi-libc and the wasm32
+/// compiler runtime, the stock WASI ones), mosquitto and its clients are
 /// the tests' brokers, openssl makes the tests' CA and certificates,
 /// procps gives `kill` to the tests that signal weir, mount gives
 /// `mount`/`umount` to the tests that fill a tmpfs of their own.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "lld",
+    "wasi-libc",
+    "libclang-rt-14-dev-wasm32",
     "mosquitto",
     "mosquitto-clients",
     "openssl",

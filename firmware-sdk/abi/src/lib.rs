@@ -64,12 +64,17 @@ pub mod imports {
     /// `emit_input(pptr, plen: i32) -> i32`: emit the record being processed
     /// with a CBOR patch map merged into its payload. Always available.
     pub const EMIT_INPUT: &str = "emit_input";
+    /// `fail(ptr, len: i32) -> i32`: fail the record being processed with
+    /// this reason (UTF-8, the first 1 KiB kept); the dead letter carries
+    /// it. Always available.
+    pub const FAIL: &str = "fail";
 
     /// Every import with the grant it needs (`None`: always granted).
     pub const ALL: &[(&str, Option<&str>)] = &[
         (EMIT, None),
         (INPUT_GET, None),
         (EMIT_INPUT, None),
+        (FAIL, None),
         (LOG, Some("log")),
         (CLOCK_NOW_MS, Some("clock")),
         (STATE_GET, Some("state")),
@@ -84,7 +89,78 @@ pub mod imports {
     }
 
     /// Names a manifest may grant.
-    pub const GRANTS: &[&str] = &["log", "clock", "state"];
+    pub const GRANTS: &[&str] = &["log", "clock", "state", "random"];
+}
+
+/// The WASI preview 1 subset a module may import, from module [`wasi::MODULE`]:
+/// no files, no sockets. Every other WASI function is refused at load.
+pub mod wasi {
+    /// The import module of WASI preview 1.
+    pub const MODULE: &str = "wasi_snapshot_preview1";
+
+    /// Every WASI function the host provides, with the grant it needs
+    /// (`None`: always available) and what it does.
+    pub const ALL: &[(&str, Option<&str>, &str)] = &[
+        (
+            "fd_write",
+            Some("log"),
+            "stdout and stderr (fds 1 and 2) go to the stage's log, a line each; other fds: EBADF",
+        ),
+        (
+            "fd_fdstat_get",
+            Some("log"),
+            "fds 1 and 2: a character device you may write to; other fds: EBADF (libc's stdio asks)",
+        ),
+        (
+            "fd_seek",
+            Some("log"),
+            "fds 1 and 2: ESPIPE (they are not files); other fds: EBADF",
+        ),
+        (
+            "fd_close",
+            Some("log"),
+            "fds 1 and 2: nothing to do; other fds: EBADF",
+        ),
+        (
+            "clock_time_get",
+            Some("clock"),
+            "realtime and monotonic clocks, in nanoseconds; others: EINVAL",
+        ),
+        (
+            "random_get",
+            Some("random"),
+            "bytes from the operating system's random source",
+        ),
+        (
+            "proc_exit",
+            None,
+            "fails the record with the exit code (exit status 0 too)",
+        ),
+        ("args_sizes_get", None, "no arguments"),
+        ("args_get", None, "no arguments"),
+        ("environ_sizes_get", None, "no environment"),
+        ("environ_get", None, "no environment"),
+    ];
+
+    /// The grant a WASI function needs: `Some(None)` if always available,
+    /// `None` if the host does not provide it.
+    pub fn grant_for(name: &str) -> Option<Option<&'static str>> {
+        ALL.iter().find(|(n, _, _)| *n == name).map(|(_, g, _)| *g)
+    }
+
+    /// `errno` values the subset returns.
+    pub mod errno {
+        /// Success.
+        pub const SUCCESS: i32 = 0;
+        /// Bad file descriptor.
+        pub const BADF: i32 = 8;
+        /// A pointer outside memory.
+        pub const FAULT: i32 = 21;
+        /// Invalid argument.
+        pub const INVAL: i32 = 28;
+        /// Seek on a pipe or character device.
+        pub const SPIPE: i32 = 70;
+    }
 }
 
 /// Values returned by `weir_transform` and `weir_init`.

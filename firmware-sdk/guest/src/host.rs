@@ -16,6 +16,7 @@ mod raw {
         pub fn input_get(kptr: *const u8, klen: usize, vptr: *mut u8, vcap: usize) -> i32;
         pub fn emit_input(ptr: *const u8, len: usize) -> i32;
         pub fn log(level: i32, ptr: *const u8, len: usize) -> i32;
+        pub fn fail(ptr: *const u8, len: usize) -> i32;
         pub fn clock_now_ms() -> i64;
         pub fn state_get(kptr: *const u8, klen: usize, vptr: *mut u8, vcap: usize) -> i32;
         pub fn state_set(kptr: *const u8, klen: usize, vptr: *const u8, vlen: usize) -> i32;
@@ -97,6 +98,15 @@ macro_rules! log {
         let _ = write!(s, $($arg)*);
         $crate::host::log($crate::host::Level::$level, &s);
     }};
+}
+
+/// Fail the record being processed with `reason` (the first 1 KiB is
+/// kept): its dead letter says `module failed: <reason>`. The record fails
+/// whatever the transform returns afterwards (status 2 if it returns
+/// success). Always available; costs no grant.
+pub fn fail(reason: &str) {
+    // SAFETY: pointer and length describe a live str.
+    let _ = unsafe { raw::fail(reason.as_ptr(), reason.len()) };
 }
 
 /// Wall-clock time in ms since the Unix epoch (grant `clock`).

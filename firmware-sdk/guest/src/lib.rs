@@ -22,7 +22,7 @@
 //! - [`record`]: [`Record`], read lazily and re-encoded by copying what did not change.
 //! - [`patch`]: the fast form, [`Input`] and [`Patch`]: fields read and the
 //!   record re-emitted by the host, so the module never scans CBOR itself.
-//! - [`host`]: safe wrappers over every host import (emit, log, clock, state).
+//! - [`host`]: safe wrappers over every host import (emit, fail, log, clock, state).
 //! - `scratch`: input/output buffers in linear memory, grown on demand.
 //! - [`native`]: a host shim that runs the same code natively (tests, baselines).
 //!

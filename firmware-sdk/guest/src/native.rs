@@ -13,6 +13,7 @@ struct Host {
     outputs: Outputs,
     state: HashMap<Vec<u8>, Vec<u8>>,
     input: Vec<u8>,
+    reason: Option<std::string::String>,
 }
 
 /// Records emitted by one or more calls, stored back to back.
@@ -42,6 +43,7 @@ fn run_into(input: &[u8], call: impl FnOnce(&[u8]) -> i32, out: &mut Outputs) ->
         let mut h = h.borrow_mut();
         h.input.clear();
         h.input.extend_from_slice(input);
+        h.reason = None;
     });
     let status = call(input);
     HOST.with(|h| {
@@ -50,6 +52,12 @@ fn run_into(input: &[u8], call: impl FnOnce(&[u8]) -> i32, out: &mut Outputs) ->
         h.outputs.clear();
     });
     status
+}
+
+/// What the last call gave [`crate::host::fail`], if anything (the host
+/// fails such a record whatever its status).
+pub fn last_reason() -> Option<std::string::String> {
+    HOST.with(|h| h.borrow().reason.clone())
 }
 
 /// Forget all state kept for this thread.
@@ -107,6 +115,14 @@ pub(crate) mod raw {
                 Err(_) => weir_abi::hostcall::E_MALFORMED,
             }
         })
+    }
+
+    pub unsafe fn fail(ptr: *const u8, len: usize) -> i32 {
+        // SAFETY: see module comment.
+        let bytes = unsafe { slice::from_raw_parts(ptr, len) };
+        let text = std::string::String::from_utf8_lossy(bytes).into_owned();
+        HOST.with(|h| h.borrow_mut().reason.get_or_insert(text).len());
+        0
     }
 
     pub unsafe fn log(_level: i32, ptr: *const u8, len: usize) -> i32 {

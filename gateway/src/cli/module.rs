@@ -50,7 +50,7 @@ pub(super) struct TestArgs {
     /// output, in order. Any difference exits 1, with a diff.
     #[arg(long)]
     expect: Option<PathBuf>,
-    /// Grant a capability (log, clock, state); repeat for several.
+    /// Grant a capability (log, clock, state, random); repeat for several.
     #[arg(long = "grant", value_parser = parse_grant)]
     grants: Vec<Grant>,
     /// JSON-lines records (`-` or absent: stdin).
@@ -80,7 +80,7 @@ pub(super) struct TestArgs {
 }
 
 fn parse_grant(s: &str) -> Result<Grant, String> {
-    Grant::parse(s).ok_or_else(|| format!("unknown grant `{s}` (known: log, clock, state)"))
+    Grant::parse(s).ok_or_else(|| format!("unknown grant `{s}` (known: log, clock, state, random)"))
 }
 
 fn parse_set(s: &str) -> Result<(String, toml::Value), String> {

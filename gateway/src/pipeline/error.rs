@@ -71,13 +71,24 @@ pub enum StageError {
     /// The module trapped.
     #[error("trap: {0}")]
     Trap(String),
-    /// `weir_transform` returned a failure status.
-    #[error("module returned status {code} ({name})")]
+    /// `weir_transform` returned a failure status, or called `fail`.
+    #[error("{}", status_text(*code, name, reason.as_deref()))]
     Status {
         /// The status.
         code: i32,
         /// Its name.
         name: &'static str,
+        /// Why, in the module's words: what it gave `fail`, else the last
+        /// line it logged at error level (or wrote to stderr) for the record.
+        reason: Option<String>,
+    },
+    /// The module called WASI `proc_exit`.
+    #[error("module exited with code {code} (WASI proc_exit){}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Exit {
+        /// The exit code.
+        code: i32,
+        /// The last line it logged at error level or wrote to stderr.
+        reason: Option<String>,
     },
     /// A host call was refused (bad pointer, limit, malformed record, ...).
     #[error("host call `{call}` failed: {detail}")]
@@ -108,6 +119,13 @@ pub enum StageError {
     },
 }
 
+fn status_text(code: i32, name: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("module failed: {r} (status {code}, {name})"),
+        None => format!("module returned status {code} ({name})"),
+    }
+}
+
 /// Counter kinds for failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
@@ -117,8 +135,10 @@ pub enum FailureKind {
     Deadline,
     /// Trap (including a refused memory request the module could not handle).
     Trap,
-    /// Failure status from the module.
+    /// Failure status from the module (or `fail`).
     Status,
+    /// WASI `proc_exit`.
+    Exit,
     /// `max_outputs` exceeded.
     TooManyOutputs,
     /// `max_output_bytes` or state size exceeded.
@@ -137,11 +157,12 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in counter order.
-    pub const ALL: [FailureKind; 11] = [
+    pub const ALL: [FailureKind; 12] = [
         FailureKind::Fuel,
         FailureKind::Deadline,
         FailureKind::Trap,
         FailureKind::Status,
+        FailureKind::Exit,
         FailureKind::TooManyOutputs,
         FailureKind::TooLarge,
         FailureKind::Malformed,
@@ -158,6 +179,7 @@ impl FailureKind {
             FailureKind::Deadline => "deadline",
             FailureKind::Trap => "trap",
             FailureKind::Status => "status",
+            FailureKind::Exit => "exit",
             FailureKind::TooManyOutputs => "too_many_outputs",
             FailureKind::TooLarge => "too_large",
             FailureKind::Malformed => "malformed_output",
@@ -190,6 +212,7 @@ impl StageError {
             StageError::Deadline { .. } => FailureKind::Deadline,
             StageError::Trap(_) => FailureKind::Trap,
             StageError::Status { .. } => FailureKind::Status,
+            StageError::Exit { .. } => FailureKind::Exit,
             StageError::HostCall { kind, .. } => *kind,
             StageError::Input { .. } => FailureKind::Input,
             StageError::Instantiate(_) => FailureKind::Instantiate,

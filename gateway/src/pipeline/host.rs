@@ -91,6 +91,13 @@ pub struct HostState {
     pub(crate) log_window: (Instant, u32),
     /// When the record must be done by (checked by host calls).
     pub(crate) deadline: Option<Instant>,
+    /// What the module gave `fail` for this record.
+    pub(crate) reason: Option<String>,
+    /// The last line the record logged at error level or wrote to stderr:
+    /// the reason of a failure status when the module gave none.
+    pub(crate) error_line: Option<String>,
+    /// WASI stdout and stderr: the line each is writing, until its newline.
+    pub(crate) wasi_lines: [Vec<u8>; 2],
 }
 
 impl HostState {
@@ -119,6 +126,9 @@ impl HostState {
             logs_dropped,
             log_window: (Instant::now(), 0),
             deadline: None,
+            reason: None,
+            error_line: None,
+            wasi_lines: [Vec::new(), Vec::new()],
         }
     }
 
@@ -131,6 +141,37 @@ impl HostState {
         self.outputs.clear();
         self.failure = None;
         self.log_lines = 0;
+        self.reason = None;
+        self.error_line = None;
+        self.wasi_lines.iter_mut().for_each(Vec::clear);
+    }
+
+    /// Log `bytes` as one guest line at `lvl`, within the per-record and
+    /// per-second line limits (over them: dropped and counted).
+    pub(crate) fn log_line(&mut self, lvl: i32, bytes: &[u8]) {
+        let now = Instant::now();
+        if now.duration_since(self.log_window.0) >= std::time::Duration::from_secs(1) {
+            self.log_window = (now, 0);
+        }
+        let bytes = &bytes[..bytes.len().min(LOG_LINE_MAX)];
+        let msg = String::from_utf8_lossy(bytes);
+        if lvl == level::ERROR {
+            self.error_line = Some(msg.clone().into_owned());
+        }
+        if self.log_lines >= LOG_LINES_PER_RECORD || self.log_window.1 >= LOG_LINES_PER_SECOND {
+            self.logs_dropped += 1;
+            return;
+        }
+        self.log_lines += 1;
+        self.log_window.1 += 1;
+        let stage = &*self.stage;
+        match lvl {
+            level::ERROR => tracing::error!(target: "weir::guest", stage, "{msg}"),
+            level::WARN => tracing::warn!(target: "weir::guest", stage, "{msg}"),
+            level::INFO => tracing::info!(target: "weir::guest", stage, "{msg}"),
+            level::DEBUG => tracing::debug!(target: "weir::guest", stage, "{msg}"),
+            _ => tracing::trace!(target: "weir::guest", stage, "{msg}"),
+        }
     }
 
     fn payload_span(&mut self) -> Option<(usize, usize)> {
@@ -173,7 +214,7 @@ impl HostState {
 
 /// Pay for a host call that handles `bytes` bytes, before doing it; past
 /// the record's deadline, end the record. Err: the trap that ends it.
-fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> Result<(), wasmi::Error> {
+pub(super) fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> Result<(), wasmi::Error> {
     let cost = HOST_CALL_FUEL.saturating_add(bytes as u64 / BYTES_PER_FUEL);
     let fuel = caller.get_fuel()?;
     if cost > fuel {
@@ -192,12 +233,12 @@ fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> Result<(), wasmi:
 
 /// The length argument of a call as a size (negative: 0, refused later by
 /// the bounds check, which costs nothing).
-fn size(len: i32) -> usize {
+pub(super) fn size(len: i32) -> usize {
     usize::try_from(len).unwrap_or(0)
 }
 
 /// `ptr..ptr+len` if it lies inside `mem`.
-fn range(mem: &[u8], ptr: i32, len: i32) -> Option<Range<usize>> {
+pub(super) fn range(mem: &[u8], ptr: i32, len: i32) -> Option<Range<usize>> {
     let start = ptr as u32 as usize;
     let end = start.checked_add(len as u32 as usize)?;
     (end <= mem.len()).then_some(start..end)
@@ -214,7 +255,9 @@ fn copy_out(mem: &mut [u8], dest: Range<usize>, value: &[u8]) -> i32 {
     i32::try_from(value.len()).unwrap_or(i32::MAX)
 }
 
-fn memory<'a>(caller: &'a mut Caller<'_, HostState>) -> (&'a mut [u8], &'a mut HostState) {
+pub(super) fn memory<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+) -> (&'a mut [u8], &'a mut HostState) {
     match caller.data().memory {
         Some(m) => m.data_and_store_mut(caller),
         // Only reachable if a start function calls the host before the memory
@@ -357,25 +400,24 @@ fn log_paid(mut caller: Caller<'_, HostState>, lvl: i32, ptr: i32, len: i32) -> 
             format!("unknown log level {lvl}"),
         );
     }
-    let now = Instant::now();
-    if now.duration_since(st.log_window.0) >= std::time::Duration::from_secs(1) {
-        st.log_window = (now, 0);
-    }
-    if st.log_lines >= LOG_LINES_PER_RECORD || st.log_window.1 >= LOG_LINES_PER_SECOND {
-        st.logs_dropped += 1;
-        return 0;
-    }
-    st.log_lines += 1;
-    st.log_window.1 += 1;
-    let bytes = &mem[r.start..r.end.min(r.start + LOG_LINE_MAX)];
-    let msg = String::from_utf8_lossy(bytes);
-    let stage = &*st.stage;
-    match lvl {
-        level::ERROR => tracing::error!(target: "weir::guest", stage, "{msg}"),
-        level::WARN => tracing::warn!(target: "weir::guest", stage, "{msg}"),
-        level::INFO => tracing::info!(target: "weir::guest", stage, "{msg}"),
-        level::DEBUG => tracing::debug!(target: "weir::guest", stage, "{msg}"),
-        _ => tracing::trace!(target: "weir::guest", stage, "{msg}"),
+    st.log_line(lvl, &mem[r.start..r.end.min(r.start + LOG_LINE_MAX)]);
+    0
+}
+
+/// Longest reason kept from `fail`, in bytes.
+pub const REASON_MAX: usize = 1024;
+
+fn fail(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> HostResult {
+    charge(&mut caller, size(len).min(REASON_MAX))?;
+    Ok(fail_paid(caller, ptr, len))
+}
+
+fn fail_paid(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let r = bounds!(st, imports::FAIL, mem, ptr, len);
+    if st.reason.is_none() {
+        let bytes = &mem[r.start..r.end.min(r.start + REASON_MAX)];
+        st.reason = Some(String::from_utf8_lossy(bytes).into_owned());
     }
     0
 }
@@ -462,7 +504,9 @@ fn state_delete_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> i32
     }
 }
 
-/// A linker that defines `emit` and the imports of the granted capabilities only.
+/// A linker that defines what every module may import (`emit`,
+/// `input_get`, `emit_input`, `fail`, the WASI functions that need no
+/// grant) and the imports of the granted capabilities only.
 pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
     let mut l = Linker::new(engine);
     let m = IMPORT_MODULE;
@@ -470,6 +514,7 @@ pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
     l.func_wrap(m, imports::EMIT, emit).expect(defined);
     l.func_wrap(m, imports::INPUT_GET, input_get)
         .expect(defined);
+    l.func_wrap(m, imports::FAIL, fail).expect(defined);
     l.func_wrap(m, imports::EMIT_INPUT, emit_input)
         .expect(defined);
     for g in grants {
@@ -489,8 +534,10 @@ pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
                 l.func_wrap(m, imports::STATE_DELETE, state_delete)
                     .expect(defined);
             }
+            Grant::Random => {}
         }
     }
+    super::wasi::define(&mut l, grants);
     l
 }
 

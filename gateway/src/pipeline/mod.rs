@@ -18,6 +18,7 @@ pub mod host;
 pub mod json;
 pub mod module;
 pub mod stage;
+pub mod wasi;
 
 use std::fmt;
 
@@ -33,12 +34,14 @@ pub use stage::{CarryState, Stage, StageMetrics, StageSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Grant {
-    /// The `log` import.
+    /// The `log` import; WASI `fd_write` to stdout and stderr.
     Log,
-    /// The `clock_now_ms` import.
+    /// The `clock_now_ms` import; WASI `clock_time_get`.
     Clock,
     /// The `state_get` / `state_set` / `state_delete` imports.
     State,
+    /// WASI `random_get`.
+    Random,
 }
 
 impl Grant {
@@ -48,12 +51,13 @@ impl Grant {
             Grant::Log => "log",
             Grant::Clock => "clock",
             Grant::State => "state",
+            Grant::Random => "random",
         }
     }
 
     /// Parse a grant name.
     pub fn parse(s: &str) -> Option<Grant> {
-        [Grant::Log, Grant::Clock, Grant::State]
+        [Grant::Log, Grant::Clock, Grant::State, Grant::Random]
             .into_iter()
             .find(|g| g.as_str() == s)
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use wasmi::{ExternType, FuncType, Module, ValType};
-use weir_abi::{IMPORT_MODULE, exports, imports};
+use weir_abi::{IMPORT_MODULE, exports, imports, wasi};
 
 use super::Grant;
 use super::engine::Runtime;
@@ -54,7 +54,7 @@ fn expected_import(name: &str) -> Option<(&'static [ValType], &'static [ValType]
         imports::LOG => (&[I32, I32, I32], &[I32]),
         imports::CLOCK_NOW_MS => (&[], &[I64]),
         imports::STATE_GET | imports::STATE_SET => (&[I32, I32, I32, I32], &[I32]),
-        imports::STATE_DELETE => (&[I32, I32], &[I32]),
+        imports::STATE_DELETE | imports::FAIL => (&[I32, I32], &[I32]),
         _ => return None,
     })
 }
@@ -115,22 +115,37 @@ impl CompiledModule {
                 name: name.into(),
                 reason,
             };
-            if module != IMPORT_MODULE {
+            let (grant, (params, results)) = if module == wasi::MODULE {
+                let Some(grant) = wasi::grant_for(name) else {
+                    let offered: Vec<&str> = wasi::ALL.iter().map(|(n, _, _)| *n).collect();
+                    return Err(refuse(format!(
+                        "this WASI function is not provided: weir offers {} (no files or sockets); see ABI.md",
+                        offered.join(", ")
+                    )));
+                };
+                let sig =
+                    super::wasi::signature(name).expect("every WASI function has a signature");
+                (grant, sig)
+            } else if module == IMPORT_MODULE {
+                let Some(grant) = imports::grant_for(name) else {
+                    return Err(refuse("unknown import".into()));
+                };
+                let sig = expected_import(name).expect("every known import has a signature");
+                (grant, sig)
+            } else {
                 let hint = if module.starts_with("wasi") {
-                    " (WASI is not provided: build for wasm32-unknown-unknown)"
+                    format!(
+                        " (of WASI, only a subset of `{}` is provided)",
+                        wasi::MODULE
+                    )
                 } else {
-                    ""
+                    String::new()
                 };
                 return Err(refuse(format!("unknown import module `{module}`{hint}")));
-            }
-            let Some(grant) = imports::grant_for(name) else {
-                return Err(refuse("unknown import".into()));
             };
             let ExternType::Func(f) = import.ty() else {
                 return Err(refuse("only functions can be imported".into()));
             };
-            let (params, results) =
-                expected_import(name).expect("every known import has a signature");
             if f.params() != params || f.results() != results {
                 let want = sig(&FuncType::new(
                     params.iter().copied(),
@@ -170,9 +185,12 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
     for i in module.imports() {
         info.imports
             .push((i.module().into(), i.name().into(), extern_sig(i.ty())));
-        if i.module() == IMPORT_MODULE
-            && let Some(Some(g)) = imports::grant_for(i.name())
-        {
+        let grant = match i.module() {
+            IMPORT_MODULE => imports::grant_for(i.name()),
+            wasi::MODULE => wasi::grant_for(i.name()),
+            _ => None,
+        };
+        if let Some(Some(g)) = grant {
             info.grants_needed.insert(g);
         }
     }

@@ -277,6 +277,21 @@ impl Stage {
             memory,
             input: None,
         };
+        // A WASI reactor (a library built for a WASI target) runs its
+        // constructors once, before anything else is called.
+        if let Ok(ctors) = instance.get_typed_func::<(), ()>(&*store, "_initialize") {
+            store
+                .set_fuel(self.spec.limits.fuel)
+                .map_err(|e| LoadError::Init(e.to_string()))?;
+            store.data_mut().reset_call(&[]);
+            ctors.call(&mut *store, ()).map_err(|e| {
+                let e = match store.data_mut().failure.take() {
+                    Some(f) => f,
+                    None => classify(e, self.spec.limits.fuel),
+                };
+                LoadError::Init(format!("_initialize: {e}"))
+            })?;
+        }
         if let Ok(init) = instance.get_typed_func::<(i32, i32), i32>(&*store, exports::INIT) {
             store
                 .set_fuel(self.spec.limits.fuel)
@@ -371,9 +386,11 @@ impl Stage {
         let code = match result {
             Ok(code) => code,
             Err(e) => {
-                // A host call that ended the record says why (the deadline).
+                super::wasi::flush(store.data_mut());
+                // A host call that ended the record says why (the
+                // deadline, WASI's proc_exit).
                 let e = match store.data_mut().failure.take() {
-                    Some(f @ StageError::Deadline { .. }) => f,
+                    Some(f @ (StageError::Deadline { .. } | StageError::Exit { .. })) => f,
                     _ => e,
                 };
                 if matches!(
@@ -381,19 +398,29 @@ impl Stage {
                     StageError::Trap(_)
                         | StageError::OutOfFuel { .. }
                         | StageError::Deadline { .. }
+                        | StageError::Exit { .. }
                 ) {
                     self.live = None; // its memory may be inconsistent
                 }
                 return Err(e);
             }
         };
-        if let Some(f) = store.data_mut().failure.take() {
+        let st = store.data_mut();
+        super::wasi::flush(st);
+        if let Some(f) = st.failure.take() {
             return Err(f);
         }
+        // `fail` fails the record whatever the status (2 if it says OK).
+        let reason = st.reason.take();
+        let code = match (code, &reason) {
+            (status::OK, Some(_)) => status::ERR_TRANSFORM,
+            _ => code,
+        };
         if code != status::OK {
             return Err(StageError::Status {
                 code,
                 name: status::name(code),
+                reason: reason.or_else(|| st.error_line.take()),
             });
         }
         Ok(())
