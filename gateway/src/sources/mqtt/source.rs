@@ -187,9 +187,9 @@ struct AckQueue<P> {
     issued: AtomicU64,
     /// The next ticket to release.
     next: u64,
-    /// Tickets done before an earlier one, waiting for it (`None`: given
-    /// up unacknowledged).
-    done: std::collections::BTreeMap<u64, Option<P>>,
+    /// From ticket `next` on: `Some` once done (`Some(None)`: given up
+    /// unacknowledged), `None` while still out.
+    done: std::collections::VecDeque<Option<Option<P>>>,
 }
 
 impl<P: Send + 'static> AckQueue<P> {
@@ -201,7 +201,7 @@ impl<P: Send + 'static> AckQueue<P> {
             pending: std::collections::VecDeque::new(),
             issued: AtomicU64::new(0),
             next: 0,
-            done: std::collections::BTreeMap::new(),
+            done: std::collections::VecDeque::new(),
         }
     }
 
@@ -233,9 +233,18 @@ impl<P: Send + 'static> AckQueue<P> {
     /// release it, and what waited for it, in order.
     async fn recv(&mut self) {
         if let Some((n, p)) = self.rx.recv().await {
-            self.done.insert(n, p);
-            while let Some(p) = self.done.remove(&self.next) {
+            // Tickets are handed out one by one, so `n` is at most the
+            // number in flight past `next`.
+            let Some(i) = n.checked_sub(self.next).map(|i| i as usize) else {
+                return;
+            };
+            if self.done.len() <= i {
+                self.done.resize_with(i + 1, || None);
+            }
+            self.done[i] = Some(p);
+            while let Some(Some(_)) = self.done.front() {
                 self.next += 1;
+                let p = self.done.pop_front().flatten().flatten();
                 self.pending.extend(p);
             }
         }
