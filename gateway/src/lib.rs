@@ -14,8 +14,9 @@
 //! - [`record`]: the record model, CBOR (ABI v1) and JSON conversions.
 //! - [`store`]: the durable buffer: per-sink queues on sled, entry framing,
 //!   sync, recovery and salvage; owns `[store]`.
-//! - [`pipeline`]: the Wasm runtime: engine, module checks, host imports,
-//!   stages (limits, quarantine, state), chains (error policy), JSON output.
+//! - [`pipeline`]: the Wasm runtime: engine, module checks, host imports
+//!   and the WASI subset, stages (limits, quarantine, state), chains (error
+//!   policy), JSON output.
 //! - [`sources`]: where records come from (MQTT, serial), their
 //!   acknowledgements and counters; each owns its `[[source]]` table.
 //! - [`sinks`]: MQTT, file and stdout, each draining its queue; topic
