@@ -348,7 +348,7 @@ impl Topology {
         for t in [watchdog, stats].into_iter().flatten() {
             t.abort();
         }
-        let control_path = tasks.stop_services().await;
+        let control_path = tasks.stop_services();
         tracing::info!("stopping: sources first, then the pipelines drain, then the sinks");
         stopping.store(true, Relaxed);
         tasks.stop_sources().await;
@@ -572,7 +572,7 @@ impl Tasks {
 
     /// Stop `/metrics` and the control socket at the end of a run; the
     /// control socket's path, for its removal after the stop.
-    async fn stop_services(&mut self) -> Option<std::path::PathBuf> {
+    fn stop_services(&mut self) -> Option<std::path::PathBuf> {
         self.stop_metrics();
         let (path, t) = self.control.take()?;
         t.abort();
