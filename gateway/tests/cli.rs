@@ -250,6 +250,132 @@ fn a_stock_wasi_c_module_runs_w1_like_the_rust_one_with_its_grant_only() {
     );
 }
 
+/// W1 through `weir run` over the samples with its first two stages' modules
+/// replaced: every output record but its receive time.
+fn w1_run(range_filter: &str, enrich: &str) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(w1_config(dir.path())).unwrap();
+    let cfg = shipped
+        .replace(
+            "\"weir_w1_range_filter.wasm\"",
+            &format!("{range_filter:?}"),
+        )
+        .replace("\"weir_w1_enrich.wasm\"", &format!("{enrich:?}"));
+    let path = dir.path().join("swapped.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let samples = repo().join("pipelines/samples/w1.jsonl");
+    let out = weir(
+        &[
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--input",
+            samples.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("ts");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn zig_and_assemblyscript_w1_stages_give_the_rust_outputs() {
+    let rust = (module("weir_w1_range_filter"), module("weir_w1_enrich"));
+    let whole = w1_run(&rust.0, &rust.1);
+    assert_eq!(whole.len(), 196);
+    for lang in ["zig", "as"] {
+        let filter = module(&format!("{lang}_range_filter"));
+        let enrich = module(&format!("{lang}_enrich"));
+        for m in [&filter, &enrich] {
+            let out = weir(&["module", "inspect", m], None);
+            let inspect = text(&out.stdout);
+            assert!(inspect.contains("grants needed: none"), "{inspect}");
+        }
+        // Each stage alone, input by input.
+        let ours = w1_payloads(&filter, &[]);
+        assert_eq!(ours.iter().filter(|o| o.is_empty()).count(), 4, "{lang}");
+        assert_eq!(ours, w1_payloads(&rust.0, &[]), "{lang} range-filter");
+        let narrow = ["--set", "min=0", "--set", "max=30"];
+        let ours = w1_payloads(&filter, &narrow);
+        assert!(ours.iter().filter(|o| o.is_empty()).count() > 4, "{lang}");
+        assert_eq!(ours, w1_payloads(&rust.0, &narrow), "{lang} range-filter");
+        let ours = w1_payloads(&enrich, &[]);
+        assert!(ours.iter().all(|o| o[0]["temp_f"].is_f64()), "{lang}");
+        assert_eq!(ours, w1_payloads(&rust.1, &[]), "{lang} enrich");
+        // W1 end to end, with the Rust moving-average after them.
+        assert_eq!(w1_run(&filter, &enrich), whole, "{lang} W1");
+        // A failure says why.
+        for m in [&filter, &enrich] {
+            let out = weir(
+                &["module", "test", m],
+                Some("{\"id\":\"y\",\"temp_c\":\"hot\"}\n"),
+            );
+            assert_eq!(out.status.code(), Some(1));
+            let stdout = text(&out.stdout);
+            assert!(
+                stdout.contains("module failed: no numeric temp_c in the record (status 2"),
+                "{lang}: {stdout}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stock_wasi_zig_module_runs_with_its_grants_and_is_refused_without_them() {
+    // Zig's standard library on wasm32-wasi: printing imports fd_write,
+    // std.time imports clock_time_get.
+    let zig = module("zig_wasi_range_filter");
+    let out = weir(&["module", "inspect", &zig], None);
+    let inspect = text(&out.stdout);
+    assert!(inspect.contains("grants needed: clock, log"), "{inspect}");
+    for (given, missing) in [("log", "clock"), ("clock", "log")] {
+        let out = weir(&["module", "test", &zig, "--grant", given], Some(""));
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("wasi_snapshot_preview1.")
+                && err.contains(&format!("needs grant `{missing}`")),
+            "{err}"
+        );
+    }
+    let grants = ["--grant", "log", "--grant", "clock"];
+    let rust = module("weir_w1_range_filter");
+    assert_eq!(w1_payloads(&zig, &grants), w1_payloads(&rust, &[]));
+    let out = weir(
+        &["module", "test", &zig, "--grant", "log", "--grant", "clock"],
+        Some("{\"id\":\"x\",\"temp_c\":120}\n{\"id\":\"y\",\"temp_c\":\"hot\"}\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    // The clock reading is the host's wall clock, in ms since the epoch.
+    let from = stderr
+        .split("range-filter: keeping temp_c in [-40, 85] from ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(from <= now && now - from < 600_000, "{from} vs {now}");
+    assert!(
+        stderr.contains("dropped: temp_c 120 is outside [-40, 85]"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("module failed: no numeric temp_c in the record (status 2, transform)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn the_c_module_downsamples_per_topic_with_state_and_config() {
     let input: String = (0..9)

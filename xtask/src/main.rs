@@ -108,7 +108,7 @@ fn main() -> ExitCode {
             print!("{}", usage());
             return ExitCode::SUCCESS;
         }
-        "setup" => setup(),
+        "setup" => setup(&root),
         "modules" => modules(&root).map(drop),
         "demo" => demo(&root, &rest),
         "test" => test(&root),
@@ -145,7 +145,7 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn setup() -> Result<(), String> {
+fn setup(root: &Path) -> Result<(), String> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -176,7 +176,73 @@ fn setup() -> Result<(), String> {
             .args(["component", "add"])
             .args(&missing))?;
     }
-    apt_install(APT_PACKAGES)
+    apt_install(APT_PACKAGES)?;
+    install_zig(root)?;
+    install_assemblyscript(root)
+}
+
+/// Zig from PyPI (`ziglang`), in a virtual environment under
+/// `target/tools/zig`: Debian's Python refuses `pip install` outside one.
+/// Needs python3-venv (Debian), which brings python3 and the pip wheel.
+fn install_zig(root: &Path) -> Result<(), String> {
+    let python = xtask::zig_python(root);
+    let version = Command::new(&python)
+        .args(["-m", "ziglang", "version"])
+        .output();
+    if version.is_ok_and(|o| o.stdout.starts_with(xtask::ZIG_VERSION.as_bytes())) {
+        return Ok(());
+    }
+    let venv = xtask::tools_dir(root).join("zig");
+    let made = |python: &str| {
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !made("python3") {
+        apt_install(&["python3-venv"])?;
+        if !made("python3") {
+            return Err("python3 -m venv failed after installing python3-venv".into());
+        }
+    }
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("ziglang=={}", xtask::ZIG_VERSION),
+    ]))
+}
+
+/// AssemblyScript from npm, under `target/tools/assemblyscript`. Needs
+/// Node.js and npm (Debian's nodejs and npm when `npm` is missing).
+fn install_assemblyscript(root: &Path) -> Result<(), String> {
+    let dir = xtask::tools_dir(root).join("assemblyscript");
+    let want = format!("\"version\": \"{}\"", xtask::ASSEMBLYSCRIPT_VERSION);
+    let manifest = dir.join("node_modules/assemblyscript/package.json");
+    if std::fs::read_to_string(&manifest).is_ok_and(|m| m.contains(&want))
+        && xtask::asc(root).exists()
+    {
+        return Ok(());
+    }
+    if !have("npm") || !have("node") {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    // Its own package.json, so npm installs here and not in a parent folder.
+    let package = dir.join("package.json");
+    if !package.exists() {
+        std::fs::write(&package, "{\"private\": true}\n").map_err(|e| e.to_string())?;
+    }
+    run(Command::new("npm").current_dir(&dir).args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+        &format!("assemblyscript@{}", xtask::ASSEMBLYSCRIPT_VERSION),
+    ]))
 }
 
 /// Whether Debian package `pkg` is installed (dpkg says "ii").
@@ -221,7 +287,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
 }
 
 fn modules(root: &Path) -> Result<std::path::PathBuf, String> {
-    setup()?;
+    setup(root)?;
     let dir = xtask::build_modules(root)?;
     eprintln!("modules in {}", dir.display());
     Ok(dir)
