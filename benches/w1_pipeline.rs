@@ -2,6 +2,12 @@
 //! compiled natively (same CBOR records in and out, same dispatch code in
 //! the SDK), plus cold-start figures per module.
 //!
+//! The last section puts W1's first two stages written in each language
+//! (Rust, C, Zig, AssemblyScript; stock WASI builds too) side by side: size,
+//! cold start and records/s, with the ratio to the Rust module and to the
+//! native Rust code measured in the same run, and checks that each gives the
+//! Rust module's output records byte for byte.
+//!
 //! `cargo xtask bench` (or `cargo bench -p weir-benches`); `W1_RECORDS=N` sets the size,
 //! `W1_SECTIONS=pipeline` skips the per-module section (for profiling).
 
@@ -36,6 +42,29 @@ struct Module {
     grants: &'static [Grant],
     native: Native,
 }
+
+/// W1 stages from other languages, beside the Rust module of the same stage
+/// (`MODULES[stage]`): (stage index, language, module stem, grants).
+const LANGUAGES: &[(usize, &str, &str, &[Grant])] = &[
+    (0, "Rust", "weir_w1_range_filter", &[]),
+    (
+        0,
+        "C (stock WASI, libc)",
+        "c_wasi_range_filter",
+        &[Grant::Log],
+    ),
+    (0, "Zig", "zig_range_filter", &[]),
+    (
+        0,
+        "Zig (stock WASI, std)",
+        "zig_wasi_range_filter",
+        &[Grant::Log, Grant::Clock],
+    ),
+    (0, "AssemblyScript", "as_range_filter", &[]),
+    (1, "Rust", "weir_w1_enrich", &[]),
+    (1, "Zig", "zig_enrich", &[]),
+    (1, "AssemblyScript", "as_enrich", &[]),
+];
 
 const MODULES: [Module; 3] = [
     Module {
@@ -228,6 +257,73 @@ fn main() {
             d.as_secs_f64() * 1e6 / sample.len() as f64,
             d_fresh.as_secs_f64() * 1e6 / few.len() as f64,
             fuel
+        );
+    }
+
+    languages(&rt, &inputs);
+}
+
+/// Each language's build of a W1 stage: size, cold start (compile,
+/// instantiate, first record), steady records/s, ratios against the Rust
+/// module and native Rust, and byte-identical outputs.
+fn languages(rt: &Runtime, inputs: &[Vec<u8>]) {
+    let sample = &inputs[..inputs.len().min(20_000)];
+    println!(
+        "\nper language, W1 stage on {} records   bytes  cold start µs  records/s  vs Rust wasm  vs native",
+        sample.len()
+    );
+    let mut rust_rate = 0.0;
+    let mut rust_out: Vec<u8> = Vec::new();
+    for &(stage, lang, stem, grants) in LANGUAGES {
+        let m = Module {
+            name: MODULES[stage].name,
+            stem,
+            grants,
+            native: MODULES[stage].native,
+        };
+        let wasm = std::fs::read(testkit::module(stem)).expect("module built by testkit");
+        let cold: Vec<_> = (0..30)
+            .map(|_| {
+                let t = Instant::now();
+                let mut st = Stage::new(spec(rt, &m, Isolation::Reuse)).unwrap();
+                let _ = st.process(&inputs[0]);
+                t.elapsed()
+            })
+            .collect();
+        let mut st = Stage::new(spec(rt, &m, Isolation::Reuse)).unwrap();
+        let mut out = Vec::new();
+        for i in sample {
+            if let Ok(o) = st.process(i) {
+                o.iter().for_each(|r| out.extend_from_slice(r));
+            }
+        }
+        let (d, _) = best_of(3, || sample.iter().for_each(|i| drop(st.process(i))));
+        let mut nat = native::Outputs::default();
+        let (dn, _) = best_of(3, || {
+            sample.iter().for_each(|i| {
+                nat.clear();
+                m.native.call(i, &mut nat);
+            })
+        });
+        let (r, rn) = (rate(sample.len(), d), rate(sample.len(), dn));
+        if lang == "Rust" {
+            (rust_rate, rust_out) = (r, out);
+        } else {
+            assert_eq!(
+                out, rust_out,
+                "{lang} {} must give the Rust module's records",
+                m.name
+            );
+        }
+        println!(
+            "  {:<15} {:<22} {:>7} {:>14.1} {:>10.0} {:>12.2}x {:>9.2}x",
+            m.name,
+            lang,
+            wasm.len(),
+            median_us(cold),
+            r,
+            rust_rate / r,
+            rn / r
         );
     }
 }

@@ -576,3 +576,123 @@ fn serve_notifies_systemd_ready_watchdog_and_stopping() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// The indented line under a README heading (`## Build`, `## Test`).
+fn readme_line(readme: &str, heading: &str) -> String {
+    let mut lines = readme.lines().skip_while(|l| *l != heading).skip(1);
+    lines
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no line under {heading}: {readme}"))
+        .trim()
+        .to_owned()
+}
+
+/// `sh -c line` in `dir`, with the toolchains `cargo xtask setup` installs
+/// and this weir first on PATH, and none of the outer cargo's settings.
+fn shell(dir: &Path, line: &str, bin: &Path) -> Output {
+    let path = format!(
+        "{}:{}:{}",
+        bin.display(),
+        Path::new(env!("CARGO_BIN_EXE_weir"))
+            .parent()
+            .unwrap()
+            .display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", line]).current_dir(dir).env("PATH", path);
+    for (k, _) in std::env::vars() {
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k.starts_with("RUST") {
+            cmd.env_remove(k);
+        }
+    }
+    // npm takes assemblyscript from the cache that setup filled.
+    cmd.env("npm_config_prefer_offline", "true")
+        .env("npm_config_audit", "false")
+        .env("npm_config_fund", "false")
+        .env("npm_config_update_notifier", "false");
+    cmd.output().unwrap()
+}
+
+#[test]
+fn module_new_scaffolds_build_with_their_readme_line_and_pass_their_vectors() {
+    let tools = repo().join("target/tools");
+    let zig = tools.join("zig/bin/python3");
+    assert!(
+        zig.exists(),
+        "{} missing: `cargo xtask setup` installs Zig",
+        zig.display()
+    );
+    let work = tempfile::tempdir().unwrap();
+    // `zig` as the README names it: PyPI's ziglang.
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let shim = bin.join("zig");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\nexec {} -m ziglang \"$@\"\n", zig.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sdk = repo().display().to_string();
+    for lang in ["rust", "c", "zig", "assemblyscript", "wat"] {
+        let name = format!("my-{lang}");
+        let dir = work.path().join(&name);
+        let dir_arg = dir.display().to_string();
+        let out = weir(
+            &[
+                "module", "new", &name, "--lang", lang, "--dir", &dir_arg, "--sdk", &sdk,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        // A second time into the same folder: refused, nothing overwritten.
+        let again = weir(
+            &["module", "new", &name, "--lang", lang, "--dir", &dir_arg],
+            None,
+        );
+        assert_eq!(again.status.code(), Some(2), "{lang}");
+        assert!(text(&again.stderr).contains("is not empty"), "{lang}");
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        let build = readme_line(&readme, "## Build");
+        let out = shell(&dir, &build, &bin);
+        assert!(
+            out.status.success(),
+            "{lang}: `{build}` failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let test = readme_line(&readme, "## Test");
+        assert!(test.starts_with("weir module test ") && test.contains("--expect"));
+        let out = shell(&dir, &test, &bin);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{lang}: `{test}` failed:\n{said}");
+        assert!(
+            said.contains("2 of 2 expected outputs match"),
+            "{lang}: {said}"
+        );
+        // The vectors can fail: a changed expectation is caught.
+        let expected = dir.join("expected.jsonl");
+        let good = std::fs::read_to_string(&expected).unwrap();
+        std::fs::write(
+            &expected,
+            good.replace("\"checked\":true", "\"checked\":false"),
+        )
+        .unwrap();
+        let out = shell(&dir, &test, &bin);
+        assert_eq!(out.status.code(), Some(1), "{lang}");
+        // A record without temp_c fails with the module's reason.
+        let wasm = test.split_whitespace().nth(3).unwrap();
+        let out = shell(
+            &dir,
+            &format!("echo '{{\"id\":\"x\"}}' | weir module test {wasm}"),
+            &bin,
+        );
+        assert!(
+            text(&out.stdout)
+                .contains("module failed: no temp_c in the record (status 2, transform)"),
+            "{lang}: {}",
+            text(&out.stdout)
+        );
+    }
+}

@@ -128,3 +128,83 @@ fn a_generated_run_matches_the_reference() {
     let n = check(&readings);
     assert!(n > 4800 && n < 5000, "about 2% are out of range: {n}");
 }
+
+/// W1's first two stages as written in C, Zig and AssemblyScript (and the
+/// stock WASI builds) give the Rust modules' output records byte for byte,
+/// on generated readings and on the edges: range bounds, humidity 0 and
+/// 100, temperatures whose enrichments round at a half.
+#[test]
+fn every_language_gives_the_rust_records_byte_for_byte() {
+    use weir::pipeline::{Grant, Isolation, Limits, Stage, StageSpec};
+    let rt = Runtime::new();
+    let stage = |stem: &str, grants: &[Grant]| {
+        let wasm = std::fs::read(testkit::module(stem)).unwrap();
+        Stage::new(StageSpec {
+            label: stem.into(),
+            module: rt.compile(stem, &wasm).unwrap(),
+            grants: grants.to_vec(),
+            limits: Limits::default(),
+            isolation: Isolation::Reuse,
+            config: vec![0xa0],
+            quarantine_after: u32::MAX,
+        })
+        .unwrap()
+    };
+    let mut readings = w1::generate(3000, 11);
+    for (i, (t, h)) in [
+        (-40.0, 50.0),
+        (85.0, 100.0),
+        (-40.000001, 50.0),
+        (85.000001, 50.0),
+        (20.0, 0.0),
+        (20.0, 100.000001),
+        (0.005, 50.0),
+        (-0.005, 1e-9),
+        (-17.5, 37.5),
+        (36.6, 99.999),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        readings.push(reading(10_000 + i as u64, "edge", t, h));
+    }
+    let inputs: Vec<Vec<u8>> = readings.iter().map(|r| r.record().to_cbor()).collect();
+    let outputs = |stem: &str, grants: &[Grant]| {
+        let mut s = stage(stem, grants);
+        inputs
+            .iter()
+            .map(|i| {
+                s.process(i)
+                    .map(|o| o.iter().map(<[u8]>::to_vec).collect::<Vec<_>>())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    for (rust, others) in [
+        (
+            "weir_w1_range_filter",
+            &[
+                ("c_wasi_range_filter", &[Grant::Log][..]),
+                ("zig_range_filter", &[]),
+                ("zig_wasi_range_filter", &[Grant::Log, Grant::Clock]),
+                ("as_range_filter", &[]),
+            ][..],
+        ),
+        (
+            "weir_w1_enrich",
+            &[("zig_enrich", &[][..]), ("as_enrich", &[])][..],
+        ),
+    ] {
+        let want = outputs(rust, &[]);
+        let emitted = want
+            .iter()
+            .filter(|o| o.as_ref().is_ok_and(|v| v.len() == 1));
+        assert!(emitted.count() > 2500, "{rust}");
+        for (stem, grants) in others {
+            let got = outputs(stem, grants);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "{stem} vs {rust} on {:?}", readings[i]);
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod module;
 pub(crate) mod output;
 mod push;
 mod run;
+mod scaffold;
 mod serve;
 mod status;
 mod store;

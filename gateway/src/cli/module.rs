@@ -1,4 +1,5 @@
-//! `weir module inspect` and `weir module test`.
+//! `weir module inspect` and `weir module test` (`new` is in
+//! [`super::scaffold`]).
 //!
 //! `module test` gates a module's CI: it exits 1 when any record fails or
 //! any input line is invalid, and with `--expect FILE` when any output
@@ -19,6 +20,9 @@ use crate::record::{JsonInput, now_ms};
 
 #[derive(Subcommand)]
 pub(super) enum ModuleCommand {
+    /// Make a module project in a new folder: Rust, C, Zig, AssemblyScript
+    /// or WAT, with test vectors and its one-line build in its README.
+    New(super::scaffold::NewArgs),
     /// Show a module's ABI version, imports, exports, size and the grants it needs.
     Inspect(InspectArgs),
     /// Run each input record through a module and print outputs, fuel, time
@@ -94,6 +98,7 @@ fn parse_set(s: &str) -> Result<(String, toml::Value), String> {
 
 pub(super) fn run(cmd: ModuleCommand) -> Result<(), Failure> {
     match cmd {
+        ModuleCommand::New(a) => super::scaffold::new(a),
         ModuleCommand::Inspect(a) => inspect(a),
         ModuleCommand::Test(a) => test(a),
         ModuleCommand::Pack(a) => super::bundle::pack(a),
