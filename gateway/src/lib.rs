@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod routing;
+pub mod sim;
 pub mod sinks;
 pub mod sources;
 pub mod store;

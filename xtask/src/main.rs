@@ -21,9 +21,15 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-/// wasm32 for guest modules; thumbv7em proves the firmware crates are no_std
-/// and need no allocator.
-const RUSTUP_TARGETS: &[&str] = &["wasm32-unknown-unknown", "thumbv7em-none-eabihf"];
+/// wasm32 for guest modules; the thumb targets (Cortex-M4F and Cortex-M0+)
+/// prove the firmware crates are no_std and need no allocator.
+const RUSTUP_TARGETS: &[&str] = &[
+    "wasm32-unknown-unknown",
+    "thumbv7em-none-eabihf",
+    "thumbv6m-none-eabi",
+];
+/// The microcontroller targets the firmware crates are built for.
+const THUMB_TARGETS: &[&str] = &["thumbv7em-none-eabihf", "thumbv6m-none-eabi"];
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// Debian packages every task needs, by name (checked with dpkg, installed
 /// with `--no-install-recommends`, so nothing comes through "recommends"):
@@ -493,19 +499,23 @@ fn test(root: &Path) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
-    // The firmware side builds for a microcontroller: no std, no allocator.
-    run(cargo().current_dir(root).args([
-        "build",
-        "--quiet",
-        "-p",
-        "weir-wire",
-        "-p",
-        "weir-abi",
-        "--target",
-        "thumbv7em-none-eabihf",
-        "--target-dir",
-        "target/thumb",
-    ]))?;
+    // The firmware side builds for microcontrollers: no std, no allocator.
+    for target in THUMB_TARGETS {
+        run(cargo().current_dir(root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "weir-wire",
+            "-p",
+            "weir-abi",
+            "-p",
+            "weir-sensor",
+            "--target",
+            target,
+            "--target-dir",
+            "target/thumb",
+        ]))?;
+    }
     run(cargo().current_dir(root).args(["test", "--workspace"]))?;
     // ARM: both targets cross-built and their suites run under qemu-user;
     // then the .deb packages, each unit checked with systemd-analyze.

@@ -344,6 +344,11 @@ impl<'b> Writer<'b> {
         self.pos
     }
 
+    /// What was written, giving the buffer back.
+    pub fn into_inner(self) -> &'b mut [u8] {
+        &mut self.buf[..self.pos]
+    }
+
     /// True if nothing was written.
     pub fn is_empty(&self) -> bool {
         self.pos == 0

@@ -76,6 +76,14 @@ pub enum RecordType {
     Event = 2,
     /// Liveness only; the payload may be empty.
     Heartbeat = 3,
+    /// Downlink, gateway to sensor: a CBOR map `{"cmd": name, ...}` for the
+    /// sensor named in the header; the header's sequence number is the
+    /// gateway's, per sensor, and the reply quotes it.
+    Command = 4,
+    /// Uplink, the sensor's answer to a command: a CBOR map with `cmd`,
+    /// `ack` (the command's sequence number) and `ok`, and `error` when
+    /// `ok` is false.
+    Reply = 5,
 }
 
 impl RecordType {
@@ -85,6 +93,8 @@ impl RecordType {
             1 => Some(RecordType::Telemetry),
             2 => Some(RecordType::Event),
             3 => Some(RecordType::Heartbeat),
+            4 => Some(RecordType::Command),
+            5 => Some(RecordType::Reply),
             _ => None,
         }
     }
@@ -95,6 +105,8 @@ impl RecordType {
             RecordType::Telemetry => "telemetry",
             RecordType::Event => "event",
             RecordType::Heartbeat => "heartbeat",
+            RecordType::Command => "command",
+            RecordType::Reply => "reply",
         }
     }
 }
@@ -198,6 +210,11 @@ impl Sender {
     /// The sequence number of the next frame.
     pub fn next_seq(&self) -> u32 {
         self.seq
+    }
+
+    /// The sensor this sender numbers frames for.
+    pub fn sensor_id(&self) -> u32 {
+        self.sensor_id
     }
 }
 

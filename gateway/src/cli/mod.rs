@@ -9,7 +9,9 @@ pub(crate) mod output;
 mod push;
 mod run;
 mod scaffold;
+mod sensor;
 mod serve;
+mod sim;
 mod status;
 mod store;
 
@@ -72,6 +74,13 @@ enum Command {
     /// The fleet, from the gateways' retained status messages.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// Talk to sensor nodes on a serial source (`send`: a downlink command).
+    #[command(subcommand)]
+    Sensor(sensor::SensorCommand),
+    /// Simulated sensor nodes (the firmware SDK's code) on a
+    /// pseudo-terminal or a serial device: W1 readings, replies to
+    /// commands, noise on demand.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +162,8 @@ pub fn main() -> ExitCode {
         Command::Reload(args) => status::reload(args),
         Command::Keygen(args) => bundle::keygen(args),
         Command::Fleet(FleetCommand::Status(args)) => push::fleet(args),
+        Command::Sensor(cmd) => sensor::run(cmd),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

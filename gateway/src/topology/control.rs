@@ -1,11 +1,12 @@
 //! The control socket: a Unix socket beside the store (`weir.sock` in the
 //! state directory, mode 0660, owned by the service user) that answers
-//! `weir status`, `weir top` and `weir store inspect` while the daemon
-//! runs.
+//! `weir status`, `weir top`, `weir store inspect`, `weir reload` and
+//! `weir sensor send` while the daemon runs.
 //!
-//! One request per connection: a command word on one line (`status` or
-//! `inspect`), answered with one JSON document, then closed. A request that
-//! is slow, long or unknown gets an error object, never a hang.
+//! One request per connection: a command word on one line (`status`,
+//! `inspect`, `reload`, or `sensor` followed by a JSON object), answered
+//! with one JSON document, then closed. A request that is slow, long or
+//! unknown gets an error object, never a hang.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 use crate::metrics::Registry;
+use crate::sources::serial::downlink::{Downlinks, Order, parse_command};
 
 /// Longest request line, and the longest wait for it.
 const MAX_REQUEST: u64 = 256;
@@ -55,6 +57,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     handle: super::Handle,
     config: PathBuf,
+    downlinks: Arc<Downlinks>,
 ) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
@@ -62,6 +65,7 @@ pub async fn serve(
             continue;
         };
         let (registry, handle, config) = (registry.clone(), handle.clone(), config.clone());
+        let downlinks = downlinks.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = conn.into_split();
             let mut line = String::new();
@@ -88,8 +92,11 @@ pub async fn serve(
                             Err(why) => json!({ "error": format!("reload refused: {why}") }),
                         }
                     }
+                    other if other.starts_with("sensor ") => {
+                        sensor_send(&downlinks, &other["sensor ".len()..]).await
+                    }
                     other => json!({
-                        "error": format!("unknown request `{other}` (status, inspect, reload)")
+                        "error": format!("unknown request `{other}` (status, inspect, reload, sensor)")
                     }),
                 },
                 _ => json!({ "error": "no request line within 5 s" }),
@@ -102,8 +109,57 @@ pub async fn serve(
     }
 }
 
+/// Longest wait for a sensor's reply that a `sensor` request may ask for.
+pub const MAX_REPLY_WAIT: Duration = Duration::from_secs(60);
+
+/// `sensor {"source", "sensor", "cmd", "value", "timeout_ms"}`: queue the
+/// command on the source's line and wait for the sensor's reply.
+async fn sensor_send(downlinks: &Downlinks, request: &str) -> Value {
+    let req: Value = match serde_json::from_str(request) {
+        Ok(v) => v,
+        Err(e) => return json!({ "error": format!("sensor request: {e}") }),
+    };
+    let (Some(source), Some(sensor), Some(cmd)) = (
+        req["source"].as_str(),
+        req["sensor"].as_u64().and_then(|s| u32::try_from(s).ok()),
+        req["cmd"].as_str(),
+    ) else {
+        return json!({ "error": "sensor request needs source, sensor (0 to 4294967295) and cmd" });
+    };
+    let command = match parse_command(cmd, req["value"].as_str()) {
+        Ok(c) => c,
+        Err(e) => return json!({ "error": e }),
+    };
+    let wait =
+        Duration::from_millis(req["timeout_ms"].as_u64().unwrap_or(5000)).min(MAX_REPLY_WAIT);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let order = Order {
+        sensor,
+        command,
+        reply: Some(tx),
+    };
+    if let Err(e) = downlinks.send(source, order) {
+        return json!({ "error": e.to_string() });
+    }
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(reply)) => json!({ "reply": reply }),
+        _ => json!({
+            "error": format!(
+                "no reply from sensor {sensor} on `{source}` within {} ms (is the sensor on that line, powered, and speaking the wire protocol? `weir status` shows the source)",
+                wait.as_millis()
+            )
+        }),
+    }
+}
+
 /// Ask the daemon behind `path`: one request, one JSON answer.
 pub fn request(path: &Path, what: &str) -> anyhow::Result<Value> {
+    request_within(path, what, None)
+}
+
+/// [`request`], waiting up to `wait` for the answer (default: 10 s, 120 s
+/// for a reload).
+pub fn request_within(path: &Path, what: &str, wait: Option<Duration>) -> anyhow::Result<Value> {
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the daemon at {}: {e} (is `weir serve` running with this config? is this user in its group?)",
@@ -111,11 +167,8 @@ pub fn request(path: &Path, what: &str) -> anyhow::Result<Value> {
         )
     })?;
     // A reload loads every module and waits for the swap: give it time.
-    s.set_read_timeout(Some(Duration::from_secs(if what == "reload" {
-        120
-    } else {
-        10
-    })))?;
+    let default = Duration::from_secs(if what == "reload" { 120 } else { 10 });
+    s.set_read_timeout(Some(wait.unwrap_or(default)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     writeln!(s, "{what}")?;
     let mut answer = String::new();

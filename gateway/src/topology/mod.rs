@@ -249,6 +249,7 @@ impl Topology {
             control: None,
             handle: handle.clone(),
             config_file: std::path::PathBuf::from(&cfg.file),
+            downlinks: Arc::new(serial::downlink::Downlinks::default()),
         };
         for src in &cfg.sources {
             tasks.start_source(src);
@@ -415,6 +416,8 @@ pub(crate) struct Tasks {
     control: Option<(std::path::PathBuf, tokio::task::JoinHandle<()>)>,
     handle: Handle,
     config_file: std::path::PathBuf,
+    /// The downlink queues of the serial sources in Weir's wire protocol.
+    downlinks: Arc<serial::downlink::Downlinks>,
 }
 
 /// Bind `[metrics] listen`, if configured: a taken port is an error with
@@ -462,8 +465,15 @@ impl Tasks {
                     .source(&name, SourceCounters::Serial(counters.clone()));
                 let (s, rx) = (s.clone(), stopped.clone());
                 let c = counters.clone();
+                // Commands go only where sensors speak the wire protocol.
+                let line = if matches!(s.framing, serial::framing::Framing::Weir) {
+                    Some(self.downlinks.open(&name))
+                } else {
+                    self.downlinks.close(&name);
+                    None
+                };
                 supervise::spawn(format!("source {name}"), counters, stopped, move || {
-                    serial::source::run(s.clone(), tx.clone(), c.clone(), rx.clone())
+                    serial::source::run(s.clone(), tx.clone(), c.clone(), line.clone(), rx.clone())
                 })
             }
         };
@@ -557,6 +567,7 @@ impl Tasks {
             self.registry.clone(),
             self.handle.clone(),
             self.config_file.clone(),
+            self.downlinks.clone(),
         );
         self.control = Some((path, tokio::spawn(serve)));
         Ok(())

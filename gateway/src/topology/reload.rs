@@ -302,6 +302,7 @@ pub(super) async fn apply(
         }
         if plan.remove_sources.contains(name) {
             tasks.registry.remove_source(name);
+            tasks.downlinks.close(name);
         }
     }
     for src in &new.sources {

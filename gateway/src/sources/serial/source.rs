@@ -1,6 +1,8 @@
 //! The serial source's I/O: open the device with its line settings, read,
 //! deframe, hand records on; when the device disappears (a USB unplug), log
-//! it once, count the outage, and retry with backoff until it returns.
+//! it once, count the outage, and retry with backoff until it returns. On a
+//! line in Weir's wire protocol it also writes the downlink's commands and
+//! hands each reply to whoever waits for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 
+use super::downlink::{Line, Order, Pending};
 use super::framing::{DEFAULT_MAX_MESSAGE, Deframer, Framing, Message};
 use crate::record::{Record, now_ms};
 use crate::sources::item::Item;
@@ -124,6 +127,13 @@ pub struct SerialMetrics {
     pub rejected: std::sync::Mutex<HashMap<&'static str, u64>>,
     /// Times the device was opened.
     pub opens: AtomicU64,
+    /// Downlink commands written to the line.
+    pub commands: AtomicU64,
+    /// Replies from sensors (each answers a command).
+    pub replies: AtomicU64,
+    /// Commands dropped because the line would not take them within a
+    /// second (hardware flow control holding it, say).
+    pub command_timeouts: AtomicU64,
     /// Up, down (and why), restarts.
     pub health: crate::common::health::Health,
 }
@@ -218,18 +228,36 @@ fn builder(cfg: &SerialConfig) -> tokio_serial::SerialPortBuilder {
         })
 }
 
-/// Read the device until `shutdown` resolves, reopening it whenever it fails.
+/// What woke the read loop.
+enum Event {
+    Read(std::io::Result<usize>),
+    Order(Order),
+    Stop,
+}
+
+/// Longest wait for the line to take one command frame.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Read the device until `shutdown` resolves, reopening it whenever it
+/// fails. `line` (Weir framing only) brings downlink commands to write.
 pub async fn run(
     cfg: SerialConfig,
     tx: mpsc::Sender<Item>,
     metrics: Arc<SerialMetrics>,
+    line: Option<Arc<Line>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut deframer = Deframer::new(&cfg.framing, cfg.max_message);
     let mut seqs = SeqTracker::default();
+    let mut pending = Pending::default();
     let mut backoff = Duration::from_millis(100);
     let mut down = false;
     let mut buf = vec![0u8; 4096];
+    // A restarted source takes the queue over from the one that ended.
+    let mut orders = match &line {
+        Some(l) => Some(l.rx.lock().await),
+        None => None,
+    };
     loop {
         let port = builder(&cfg).open_native_async();
         let mut port = match port {
@@ -260,13 +288,40 @@ pub async fn run(
         metrics.health.up();
         deframer.reset();
         loop {
-            let n = tokio::select! {
-                r = port.read(&mut buf) => r,
-                _ = shutdown.changed() => return,
+            let event = tokio::select! {
+                r = port.read(&mut buf) => Event::Read(r),
+                Some(o) = async {
+                    match orders.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => Event::Order(o),
+                _ = shutdown.changed() => Event::Stop,
             };
-            let n = match n {
-                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                other => other,
+            let n = match event {
+                Event::Stop => return,
+                Event::Order(mut order) => {
+                    let seq = pending.number(&mut order);
+                    let frame = command_frame(&order, seq);
+                    match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&frame)).await {
+                        Ok(Ok(())) => {
+                            metrics.commands.fetch_add(1, Relaxed);
+                            tracing::info!(source = %cfg.name, sensor = order.sensor, seq,
+                                command = order.command.name(), "downlink command written");
+                            continue;
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => {
+                            metrics.command_timeouts.fetch_add(1, Relaxed);
+                            tracing::warn!(source = %cfg.name, sensor = order.sensor,
+                                command = order.command.name(),
+                                "the line did not take a downlink command within 1 s; dropped (flow control holding it?)");
+                            continue;
+                        }
+                    }
+                }
+                Event::Read(Ok(0)) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                Event::Read(r) => r,
             };
             let n = match n {
                 Ok(n) => n,
@@ -281,7 +336,7 @@ pub async fn run(
             };
             metrics.bytes.fetch_add(n as u64, Relaxed);
             deframer.push(&buf[..n], &mut |r| match r {
-                Ok(msg) => deliver(&cfg, msg, &tx, &metrics, &mut seqs),
+                Ok(msg) => deliver(&cfg, msg, &tx, &metrics, &mut seqs, &mut pending),
                 Err(e) => {
                     let first = metrics.rejected.lock().is_ok_and(|mut m| {
                         let n = m.entry(e.kind()).or_default();
@@ -302,12 +357,29 @@ pub async fn run(
     }
 }
 
+/// A downlink command as a wire frame.
+fn command_frame(order: &Order, seq: u32) -> Vec<u8> {
+    let mut payload = [0u8; weir_sensor::node::MAX_COMMAND];
+    // Every command fits: the longest is set_interval with a u32.
+    let n = order.command.encode(&mut payload).unwrap_or(0);
+    let mut frame = vec![0u8; weir_wire::frame_len(n)];
+    let header = weir_wire::Header {
+        kind: weir_wire::RecordType::Command,
+        sensor_id: order.sensor,
+        seq,
+    };
+    let len = weir_wire::encode(&header, &payload[..n], &mut frame).unwrap_or(0);
+    frame.truncate(len);
+    frame
+}
+
 fn deliver(
     cfg: &SerialConfig,
     msg: Message,
     tx: &mpsc::Sender<Item>,
     metrics: &SerialMetrics,
     seqs: &mut SeqTracker,
+    pending: &mut Pending,
 ) {
     let mut headers = std::collections::BTreeMap::new();
     if let Some((sensor, seq)) = msg.sensor {
@@ -323,6 +395,16 @@ fn deliver(
         }
         headers.insert("sensor".to_owned(), sensor.to_string());
         headers.insert("seq".to_owned(), seq.to_string());
+    }
+    // A reply answers the gateway, not the pipelines.
+    if let (Some("reply"), Some((sensor, _))) = (msg.kind.as_deref(), msg.sensor) {
+        metrics.replies.fetch_add(1, Relaxed);
+        let raw = serde_cbor::to_vec(&msg.payload).unwrap_or_default();
+        let json = crate::record::cbor_to_json(&msg.payload);
+        if !pending.reply(sensor, &raw, json.clone()) {
+            tracing::info!(source = %cfg.name, sensor, reply = %json, "reply from a sensor (nobody waits for it)");
+        }
+        return;
     }
     if let Some(kind) = &msg.kind {
         headers.insert("kind".to_owned(), kind.clone());

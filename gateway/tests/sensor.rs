@@ -1,0 +1,179 @@
+//! Sensor nodes end to end: `weir sim` (the firmware SDK's node code) on a
+//! real pseudo-terminal feeds `weir serve`'s serial source and W1, through
+//! noise, and `weir sensor send` reaches the nodes over the downlink and
+//! prints their replies.
+//!
+//! Serial ioctls are not emulated by qemu-user: under `--cfg qemu_user`
+//! these are ignored, and they run natively and in the board image.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Serve, patience};
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// W1's three stages on a serial source at `dev`, stdout as the sink.
+fn config(dir: &Path, dev: &Path) -> PathBuf {
+    let text = format!(
+        r#"
+[gateway]
+modules_dir = {modules:?}
+control = {control:?}
+
+[[source]]
+type = "serial"
+name = "serial0"
+path = {dev:?}
+framing = {{ mode = "weir" }}
+
+[[pipeline]]
+name = "w1"
+
+  [[pipeline.stage]]
+  name = "range-filter"
+  module = "weir_w1_range_filter.wasm"
+
+  [[pipeline.stage]]
+  name = "enrich"
+  module = "weir_w1_enrich.wasm"
+
+  [[pipeline.stage]]
+  name = "moving-average"
+  module = "weir_w1_moving_average.wasm"
+  grants = ["state"]
+"#,
+        modules = testkit::modules_dir().display().to_string(),
+        control = dir.join("weir.sock").display().to_string(),
+        dev = dev.display().to_string(),
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[cfg_attr(qemu_user, ignore = "serial ioctls are not emulated by qemu-user")]
+fn the_simulator_feeds_w1_through_a_pty_with_noise_and_answers_the_downlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_weir"));
+    sim.args(["sim", "--pty", "--link", dev.to_str().unwrap()])
+        .args(["--sensors", "3", "--rate", "60", "--count", "240"])
+        .args(["--linger", "60s", "--seed", "9"])
+        .args(["--noise", "flips=0.03,garbage=0.03,drops=0.03"]);
+    let sim = Serve::spawn(sim);
+    wait_for("the simulator's pseudo-terminal", || dev.exists());
+    let cfg = config(dir.path(), &dev);
+    let gw = Serve::start(&cfg);
+    assert!(gw.wait_log("serial device open"), "{}", gw.log());
+    let cfg = cfg.to_str().unwrap();
+    let send = |args: &[&str]| {
+        let mut all = vec!["sensor", "send", "--config", cfg, "--source", "serial0"];
+        all.extend(args);
+        weir(&all)
+    };
+
+    // Downlink: sensor 2 reports every 100 ms from now on.
+    let out = send(&["--sensor", "2", "set-interval", "100ms"]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["cmd"], "set_interval");
+    assert_eq!(reply["interval_ms"], 100);
+    let out = send(&["--sensor", "1", "identify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"model\":\"weir-sim\""));
+    // Nobody is sensor 7: no reply, exit 1, and the error says so.
+    let out = send(&["--sensor", "7", "ping", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no reply from sensor 7 on `serial0` within 1000 ms"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A command no node knows is refused before it reaches the line.
+    let out = send(&["--sensor", "1", "reboot"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown command `reboot`"));
+
+    // Every reading the simulator sent whole reaches the sink through W1,
+    // once; flipped and dropped frames do not, and nothing else does.
+    wait_for("240 readings", || {
+        sim.lines()
+            .iter()
+            .filter(|l| l["kind"] == "telemetry")
+            .count()
+            >= 240
+    });
+    let sent = sim.lines();
+    let replies: Vec<_> = sent.iter().filter(|l| l["kind"] == "reply").collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    let whole = |l: &serde_json::Value| {
+        let noise = l["noise"].as_array().unwrap();
+        !noise.iter().any(|n| n == "dropped" || n == "flipped")
+    };
+    let telemetry: Vec<_> = sent.iter().filter(|l| l["kind"] == "telemetry").collect();
+    let damaged = telemetry.iter().filter(|l| !whole(l)).count();
+    assert!(damaged > 0, "the noise damaged some frames");
+    let want: BTreeSet<(u64, u64)> = telemetry
+        .iter()
+        .filter(|l| whole(l))
+        .filter(|l| (-40.0..=85.0).contains(&l["payload"]["temp_c"].as_f64().unwrap()))
+        .map(|l| (l["sensor"].as_u64().unwrap(), l["seq"].as_u64().unwrap()))
+        .collect();
+    let got = gw.wait_lines(want.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let got = gw.lines().len().max(got.len());
+    let lines = gw.lines();
+    assert_eq!(got, want.len(), "{}", gw.log());
+    let have: BTreeSet<(u64, u64)> = lines
+        .iter()
+        .map(|r| {
+            assert!(r["payload"]["temp_f"].is_f64() && r["payload"]["temp_avg10_c"].is_f64());
+            let h = &r["headers"];
+            (
+                h["sensor"].as_str().unwrap().parse().unwrap(),
+                h["seq"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(have, want);
+    // 3 sensors at 60 readings/s report every 50 ms; sensor 2, moved to
+    // 100 ms, sent fewer.
+    let from = |s: u64| telemetry.iter().filter(|l| l["sensor"] == s).count();
+    assert!(
+        from(2) < from(1) && from(2) < from(3),
+        "{} {} {}",
+        from(1),
+        from(2),
+        from(3)
+    );
+    // The gateway counted the damage: frames lost to gaps, rejected input.
+    let status = weir(&["status", "--config", cfg, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let src = &status["sources"][0];
+    assert!(src["lost_frames"].as_u64().unwrap() > 0, "{src}");
+    gw.stop();
+}
