@@ -1079,3 +1079,69 @@ fn fail_gives_the_record_its_reason_and_an_error_log_line_is_the_fallback() {
         "module returned status 2 (transform)"
     );
 }
+
+/// A module that calls `serial_send` `n` times per record with the
+/// command bytes at offset 32 (`len` of them), then passes the record on.
+fn serial_sender(n: u32, command: &str, len: u32) -> String {
+    module(
+        r#"(import "weir" "serial_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))"#,
+        &format!(r#"(data (i32.const 16) "serial0") (data (i32.const 32) "{command}") (global $n (mut i32) (i32.const 0))"#),
+        &format!(
+            "(global.set $n (i32.const 0))
+             (loop $l
+               (if (i32.lt_u (global.get $n) (i32.const {n}))
+                 (then
+                   (if (i32.lt_s (call $send (i32.const 16) (i32.const 7) (i32.const 4) (i32.const 32) (i32.const {len})) (i32.const 0))
+                     (then (return (i32.const 0))))
+                   (global.set $n (i32.add (global.get $n) (i32.const 1)))
+                   (br $l))))
+             {PASS}"
+        ),
+    )
+}
+
+#[test]
+fn serial_send_needs_its_grant_checks_the_command_and_is_bounded() {
+    // {"cmd": "set_interval", "ms": 1000}
+    let set = r#"\a2\63cmd\6cset_interval\62ms\19\03\e8"#;
+    let wat = serial_sender(1, set, 24);
+    // Without the grant: refused at load, naming the import and the grant.
+    let e = stage_with(&wat, &[], Limits::default())
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("serial_send") && e.to_string().contains("serial"),
+        "{e}"
+    );
+    // With it: the command is held for after the record.
+    let mut s = stage_with(&wat, &[Grant::Serial], Limits::default()).unwrap();
+    assert_eq!(s.process(&record(1)).unwrap().len(), 1);
+    assert_eq!(
+        s.downlink(),
+        &[weir::pipeline::Downlink {
+            source: "serial0".into(),
+            sensor: 4,
+            command: weir_sensor::Command::SetInterval { ms: 1000 },
+        }]
+    );
+    // A command no node knows fails the record with the reason.
+    let mut s = stage_with(
+        &serial_sender(1, r#"\a1\63cmd\66reboot"#, 12),
+        &[Grant::Serial],
+        Limits::default(),
+    )
+    .unwrap();
+    let e = failure(&mut s);
+    assert_eq!(e.kind(), FailureKind::BadHostCall);
+    assert!(e.to_string().contains("unknown command"), "{e}");
+    // At most four per record.
+    let mut s = stage_with(
+        &serial_sender(5, set, 24),
+        &[Grant::Serial],
+        Limits::default(),
+    )
+    .unwrap();
+    let e = failure(&mut s);
+    assert_eq!(e.kind(), FailureKind::TooManyOutputs);
+    assert!(e.to_string().contains("more than 4 commands"), "{e}");
+}

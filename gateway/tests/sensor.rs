@@ -1,7 +1,7 @@
 //! Sensor nodes end to end: `weir sim` (the firmware SDK's node code) on a
 //! real pseudo-terminal feeds `weir serve`'s serial source and W1, through
-//! noise, and `weir sensor send` reaches the nodes over the downlink and
-//! prints their replies.
+//! noise; `weir sensor send` and a stage's `serial_send` reach the nodes
+//! over the downlink, and the nodes answer.
 //!
 //! Serial ioctls are not emulated by qemu-user: under `--cfg qemu_user`
 //! these are ignored, and they run natively and in the board image.
@@ -25,8 +25,37 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// W1's three stages on a serial source at `dev`, stdout as the sink.
+/// A stage that passes every record on and, at each sensor's reading with
+/// `seq` 5, asks for a `ping` to that sensor (`id` "sN": sensor N) on
+/// `serial0` through `serial_send`.
+const PING_ON_5: &str = r#"(module
+  (import "weir" "emit_input" (func $emit_input (param i32 i32) (result i32)))
+  (import "weir" "input_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "weir" "serial_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "seq")
+  (data (i32.const 8) "id")
+  (data (i32.const 16) "serial0")
+  (data (i32.const 32) "\a1\63cmd\64ping")
+  (func (export "weir_abi_v1"))
+  (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "weir_transform") (param $p i32) (param $l i32) (result i32)
+    (if (i32.and
+          (i32.eq (call $get (i32.const 0) (i32.const 3) (i32.const 64) (i32.const 16)) (i32.const 1))
+          (i32.eq (i32.load8_u (i32.const 64)) (i32.const 5)))
+      (then
+        (if (i32.eq (call $get (i32.const 8) (i32.const 2) (i32.const 64) (i32.const 16)) (i32.const 3))
+          (then (drop (call $send (i32.const 16) (i32.const 7)
+                   (i32.sub (i32.load8_u (i32.const 66)) (i32.const 48))
+                   (i32.const 32) (i32.const 10)))))))
+    (drop (call $emit_input (i32.const 0) (i32.const 0)))
+    (i32.const 0)))"#;
+
+/// W1's three stages on a serial source at `dev`, after a stage that
+/// pings each sensor once (grant `serial`); stdout is the sink.
 fn config(dir: &Path, dev: &Path) -> PathBuf {
+    let ping = dir.join("ping_on_5.wat");
+    std::fs::write(&ping, PING_ON_5).unwrap();
     let text = format!(
         r#"
 [gateway]
@@ -41,6 +70,11 @@ framing = {{ mode = "weir" }}
 
 [[pipeline]]
 name = "w1"
+
+  [[pipeline.stage]]
+  name = "ping-on-5"
+  module = {ping:?}
+  grants = ["serial"]
 
   [[pipeline.stage]]
   name = "range-filter"
@@ -58,6 +92,7 @@ name = "w1"
         modules = testkit::modules_dir().display().to_string(),
         control = dir.join("weir.sock").display().to_string(),
         dev = dev.display().to_string(),
+        ping = ping.display().to_string(),
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, text).unwrap();
@@ -129,13 +164,39 @@ fn the_simulator_feeds_w1_through_a_pty_with_noise_and_answers_the_downlink() {
     });
     let sent = sim.lines();
     let replies: Vec<_> = sent.iter().filter(|l| l["kind"] == "reply").collect();
-    assert_eq!(replies.len(), 2, "{replies:?}");
+    let cmds = |c: &str| replies.iter().filter(|r| r["payload"]["cmd"] == c).count();
+    assert_eq!(
+        (cmds("set_interval"), cmds("identify")),
+        (1, 1),
+        "{replies:?}"
+    );
+    // The stage's pings: one per sensor whose fifth reading arrived whole.
     let whole = |l: &serde_json::Value| {
         let noise = l["noise"].as_array().unwrap();
         !noise.iter().any(|n| n == "dropped" || n == "flipped")
     };
     let telemetry: Vec<_> = sent.iter().filter(|l| l["kind"] == "telemetry").collect();
     let damaged = telemetry.iter().filter(|l| !whole(l)).count();
+    let fifth_whole = telemetry
+        .iter()
+        .filter(|l| l["payload"]["seq"] == 5 && whole(l))
+        .count();
+    assert!(fifth_whole > 0);
+    wait_for("the stage's pings answered", || {
+        let lines = sim.lines();
+        lines
+            .iter()
+            .filter(|r| r["kind"] == "reply" && r["payload"]["cmd"] == "ping")
+            .count()
+            >= fifth_whole
+    });
+    let pings: Vec<_> = sim
+        .lines()
+        .into_iter()
+        .filter(|r| r["kind"] == "reply" && r["payload"]["cmd"] == "ping")
+        .collect();
+    assert_eq!(pings.len(), fifth_whole, "{pings:?}");
+    assert!(pings.iter().all(|p| p["payload"]["ok"] == true));
     assert!(damaged > 0, "the noise damaged some frames");
     let want: BTreeSet<(u64, u64)> = telemetry
         .iter()

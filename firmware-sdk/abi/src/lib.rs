@@ -68,6 +68,11 @@ pub mod imports {
     /// this reason (UTF-8, the first 1 KiB kept); the dead letter carries
     /// it. Always available.
     pub const FAIL: &str = "fail";
+    /// `serial_send(sptr, slen, sensor, cptr, clen: i32) -> i32`: after the
+    /// record, send the downlink command (a CBOR map) at `cptr..cptr+clen`
+    /// to sensor `sensor` on the serial source named at `sptr..sptr+slen`.
+    /// Grant `serial`.
+    pub const SERIAL_SEND: &str = "serial_send";
 
     /// Every import with the grant it needs (`None`: always granted).
     pub const ALL: &[(&str, Option<&str>)] = &[
@@ -80,6 +85,7 @@ pub mod imports {
         (STATE_GET, Some("state")),
         (STATE_SET, Some("state")),
         (STATE_DELETE, Some("state")),
+        (SERIAL_SEND, Some("serial")),
     ];
 
     /// The grant an import needs: `Some(None)` if always available,
@@ -89,7 +95,7 @@ pub mod imports {
     }
 
     /// Names a manifest may grant.
-    pub const GRANTS: &[&str] = &["log", "clock", "state", "random"];
+    pub const GRANTS: &[&str] = &["log", "clock", "state", "random", "serial"];
 }
 
 /// The WASI preview 1 subset a module may import, from module [`wasi::MODULE`]:

@@ -54,7 +54,7 @@ pub(super) struct TestArgs {
     /// output, in order. Any difference exits 1, with a diff.
     #[arg(long)]
     expect: Option<PathBuf>,
-    /// Grant a capability (log, clock, state, random); repeat for several.
+    /// Grant a capability (log, clock, state, random, serial); repeat for several.
     #[arg(long = "grant", value_parser = parse_grant)]
     grants: Vec<Grant>,
     /// JSON-lines records (`-` or absent: stdin).
@@ -84,7 +84,8 @@ pub(super) struct TestArgs {
 }
 
 fn parse_grant(s: &str) -> Result<Grant, String> {
-    Grant::parse(s).ok_or_else(|| format!("unknown grant `{s}` (known: log, clock, state, random)"))
+    Grant::parse(s)
+        .ok_or_else(|| format!("unknown grant `{s}` (known: log, clock, state, random, serial)"))
 }
 
 fn parse_set(s: &str) -> Result<(String, toml::Value), String> {
@@ -248,6 +249,12 @@ fn test(args: TestArgs) -> Result<(), Failure> {
             .map(|o| o.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
         let micros = start.elapsed().as_secs_f64() * 1e6;
         let fuel = stage.last_fuel();
+        // Downlink commands are shown, not sent: there is no line here.
+        let downlink: Vec<_> = stage
+            .downlink()
+            .iter()
+            .map(|d| json!({"source": d.source, "sensor": d.sensor, "cmd": d.command.name(), "command": format!("{:?}", d.command)}))
+            .collect();
         match result {
             Ok(result_outputs) => {
                 let outs: Vec<_> = result_outputs
@@ -261,10 +268,11 @@ fn test(args: TestArgs) -> Result<(), Failure> {
                     ok += 1
                 }
                 if args.json {
-                    println!(
-                        "{}",
-                        json!({"line": lineno + 1, "status": "ok", "fuel": fuel, "micros": micros, "outputs": outs})
-                    );
+                    let mut line = json!({"line": lineno + 1, "status": "ok", "fuel": fuel, "micros": micros, "outputs": outs});
+                    if !downlink.is_empty() {
+                        line["downlink"] = json!(downlink);
+                    }
+                    println!("{line}");
                 } else {
                     let what = if outs.is_empty() {
                         "dropped".to_string()
@@ -274,6 +282,14 @@ fn test(args: TestArgs) -> Result<(), Failure> {
                     println!("record {n}: ok, {what}, fuel {fuel}, {micros:.1} µs");
                     for o in outs {
                         println!("  {o}");
+                    }
+                    for d in &downlink {
+                        println!(
+                            "  downlink (not sent by module test): {} sensor {}: {}",
+                            d["source"].as_str().unwrap_or(""),
+                            d["sensor"],
+                            d["command"].as_str().unwrap_or("")
+                        );
                     }
                 }
             }

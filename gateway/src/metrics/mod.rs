@@ -52,6 +52,11 @@ pub struct IntakeMetrics {
     /// Inputs left unacknowledged because the gateway stopped while a
     /// `block` queue was full (the broker redelivers them).
     pub abandoned: AtomicU64,
+    /// Downlink commands from stages (`serial_send`) queued on their line.
+    pub downlink_sent: AtomicU64,
+    /// Downlink commands from stages refused (no such serial source, or
+    /// its queue full).
+    pub downlink_refused: AtomicU64,
 }
 
 /// Counters of the sync thread.

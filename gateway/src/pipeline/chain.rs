@@ -24,6 +24,9 @@ pub struct PipelineOutput {
     pub records: Outputs,
     /// Records sent to dead-letter.
     pub dead: Vec<DeadLetter>,
+    /// Downlink commands the stages asked for (`serial_send`), from the
+    /// records that succeeded.
+    pub downlink: Vec<super::Downlink>,
 }
 
 impl PipelineOutput {
@@ -31,6 +34,7 @@ impl PipelineOutput {
     pub fn clear(&mut self) {
         self.records.clear();
         self.dead.clear();
+        self.downlink.clear();
     }
 }
 
@@ -135,7 +139,10 @@ impl Pipeline {
             next.clear();
             for rec in cur.iter() {
                 match stage.process(rec) {
-                    Ok(outputs) => outputs.iter().for_each(|r| next.push(r)),
+                    Ok(outputs) => {
+                        outputs.iter().for_each(|r| next.push(r));
+                        out.downlink.extend_from_slice(stage.downlink());
+                    }
                     Err(error) => match policy {
                         ErrorPolicy::Drop => metrics.policy_dropped += 1,
                         ErrorPolicy::Pass => {

@@ -98,7 +98,24 @@ pub struct HostState {
     pub(crate) error_line: Option<String>,
     /// WASI stdout and stderr: the line each is writing, until its newline.
     pub(crate) wasi_lines: [Vec<u8>; 2],
+    /// Downlink commands the record asked for (`serial_send`), sent after
+    /// it succeeds.
+    pub(crate) downlink: Vec<Downlink>,
 }
+
+/// A downlink command a stage asked for with `serial_send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downlink {
+    /// The serial source the sensor is on.
+    pub source: String,
+    /// The sensor.
+    pub sensor: u32,
+    /// The command.
+    pub command: weir_sensor::Command,
+}
+
+/// Most `serial_send` calls one record may make.
+pub const MAX_DOWNLINK_PER_RECORD: usize = 4;
 
 impl HostState {
     /// State for a new store; `kv` and `logs_dropped` carry over from the
@@ -129,6 +146,7 @@ impl HostState {
             reason: None,
             error_line: None,
             wasi_lines: [Vec::new(), Vec::new()],
+            downlink: Vec::new(),
         }
     }
 
@@ -144,6 +162,7 @@ impl HostState {
         self.reason = None;
         self.error_line = None;
         self.wasi_lines.iter_mut().for_each(Vec::clear);
+        self.downlink.clear();
     }
 
     /// Log `bytes` as one guest line at `lvl`, within the per-record and
@@ -504,6 +523,76 @@ fn state_delete_paid(mut caller: Caller<'_, HostState>, kp: i32, kl: i32) -> i32
     }
 }
 
+fn serial_send(
+    mut caller: Caller<'_, HostState>,
+    sp: i32,
+    sl: i32,
+    sensor: i32,
+    cp: i32,
+    cl: i32,
+) -> HostResult {
+    charge(&mut caller, size(sl) + size(cl))?;
+    Ok(serial_send_paid(caller, sp, sl, sensor, cp, cl))
+}
+
+fn serial_send_paid(
+    mut caller: Caller<'_, HostState>,
+    sp: i32,
+    sl: i32,
+    sensor: i32,
+    cp: i32,
+    cl: i32,
+) -> i32 {
+    let (mem, st) = memory(&mut caller);
+    let s = bounds!(st, imports::SERIAL_SEND, mem, sp, sl);
+    let c = bounds!(st, imports::SERIAL_SEND, mem, cp, cl);
+    let Ok(source) = std::str::from_utf8(&mem[s]) else {
+        let detail = "the source name is not UTF-8".to_string();
+        return st.fail(
+            imports::SERIAL_SEND,
+            E_INVALID,
+            FailureKind::BadHostCall,
+            detail,
+        );
+    };
+    if source.is_empty() || source.len() > 64 {
+        let detail = format!("source name of {} bytes (1 to 64)", source.len());
+        return st.fail(
+            imports::SERIAL_SEND,
+            E_INVALID,
+            FailureKind::BadHostCall,
+            detail,
+        );
+    }
+    let command = match weir_sensor::Command::parse(&mem[c]) {
+        Ok(cmd) => cmd,
+        Err((why, _)) => {
+            let detail = format!("{} (ping, identify, set_interval with ms)", why.as_str());
+            return st.fail(
+                imports::SERIAL_SEND,
+                E_INVALID,
+                FailureKind::BadHostCall,
+                detail,
+            );
+        }
+    };
+    if st.downlink.len() >= MAX_DOWNLINK_PER_RECORD {
+        let detail = format!("more than {MAX_DOWNLINK_PER_RECORD} commands for one record");
+        return st.fail(
+            imports::SERIAL_SEND,
+            E_TOO_MANY_OUTPUTS,
+            FailureKind::TooManyOutputs,
+            detail,
+        );
+    }
+    st.downlink.push(Downlink {
+        source: source.to_owned(),
+        sensor: sensor as u32,
+        command,
+    });
+    0
+}
+
 /// A linker that defines what every module may import (`emit`,
 /// `input_get`, `emit_input`, `fail`, the WASI functions that need no
 /// grant) and the imports of the granted capabilities only.
@@ -535,6 +624,10 @@ pub(crate) fn linker(engine: &Engine, grants: &[Grant]) -> Linker<HostState> {
                     .expect(defined);
             }
             Grant::Random => {}
+            Grant::Serial => {
+                l.func_wrap(m, imports::SERIAL_SEND, serial_send)
+                    .expect(defined);
+            }
         }
     }
     super::wasi::define(&mut l, grants);

@@ -27,6 +27,7 @@ use serde::Deserialize;
 pub use chain::{DeadLetter, Pipeline, PipelineOutput};
 pub use engine::Runtime;
 pub use error::{FailureKind, LoadError, StageError};
+pub use host::Downlink;
 pub use module::{CompiledModule, ModuleInfo};
 pub use stage::{CarryState, Stage, StageMetrics, StageSpec};
 
@@ -42,6 +43,8 @@ pub enum Grant {
     State,
     /// WASI `random_get`.
     Random,
+    /// The `serial_send` import: downlink commands to sensor nodes.
+    Serial,
 }
 
 impl Grant {
@@ -52,14 +55,21 @@ impl Grant {
             Grant::Clock => "clock",
             Grant::State => "state",
             Grant::Random => "random",
+            Grant::Serial => "serial",
         }
     }
 
     /// Parse a grant name.
     pub fn parse(s: &str) -> Option<Grant> {
-        [Grant::Log, Grant::Clock, Grant::State, Grant::Random]
-            .into_iter()
-            .find(|g| g.as_str() == s)
+        [
+            Grant::Log,
+            Grant::Clock,
+            Grant::State,
+            Grant::Random,
+            Grant::Serial,
+        ]
+        .into_iter()
+        .find(|g| g.as_str() == s)
     }
 }
 

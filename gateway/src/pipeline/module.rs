@@ -55,6 +55,7 @@ fn expected_import(name: &str) -> Option<(&'static [ValType], &'static [ValType]
         imports::CLOCK_NOW_MS => (&[], &[I64]),
         imports::STATE_GET | imports::STATE_SET => (&[I32, I32, I32, I32], &[I32]),
         imports::STATE_DELETE | imports::FAIL => (&[I32, I32], &[I32]),
+        imports::SERIAL_SEND => (&[I32, I32, I32, I32, I32], &[I32]),
         _ => return None,
     })
 }
@@ -247,4 +248,16 @@ fn describe(name: &str, size: usize, module: &Module) -> ModuleInfo {
     want(exports::TRANSFORM, transform, &[I32, I32], true);
     want(exports::INIT, init, &[I32, I32], false);
     info
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+
+    #[test]
+    fn every_known_import_has_a_signature() {
+        for (name, _) in imports::ALL {
+            assert!(expected_import(name).is_some(), "{name}");
+        }
+    }
 }

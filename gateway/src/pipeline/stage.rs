@@ -358,6 +358,12 @@ impl Stage {
         }
     }
 
+    /// The downlink commands the last record asked for (`serial_send`).
+    /// Only a record that succeeded sends them.
+    pub fn downlink(&self) -> &[super::Downlink] {
+        &self.store.data().downlink
+    }
+
     fn run(&mut self, input: &[u8]) -> Result<(), StageError> {
         let fuel = self.spec.limits.fuel;
         if self.live.is_none() || self.spec.isolation == Isolation::PerRecord {

@@ -65,6 +65,8 @@ pub struct Intake {
     /// outputs' entries carry it, so a sink's delivery latency and a
     /// queue's `max_age` count from receipt.
     received_ms: u64,
+    /// Where stages' downlink commands go.
+    downlinks: Option<Arc<crate::sources::serial::downlink::Downlinks>>,
 }
 
 impl Intake {
@@ -88,7 +90,17 @@ impl Intake {
             store,
             beat: None,
             received_ms: 0,
+            downlinks: None,
         }
+    }
+
+    /// Send stages' downlink commands (`serial_send`) through `downlinks`.
+    pub fn with_downlinks(
+        mut self,
+        downlinks: Arc<crate::sources::serial::downlink::Downlinks>,
+    ) -> Intake {
+        self.downlinks = Some(downlinks);
+        self
     }
 
     /// Mark waits by design (for disk room, for queue room) as idle on
@@ -216,6 +228,30 @@ impl Intake {
         for d in &out.dead {
             let v = crate::pipeline::json::dead_letter_json(pipeline, d);
             self.push(pipeline, Kind::DeadLetter, v.to_string().as_bytes());
+        }
+        // Commands go out as the record is handled: a redelivered record
+        // sends its commands again (they are idempotent: ping, identify,
+        // set_interval).
+        for d in &out.downlink {
+            let Some(downlinks) = &self.downlinks else {
+                break;
+            };
+            let order = crate::sources::serial::downlink::Order {
+                sensor: d.sensor,
+                command: d.command,
+                reply: None,
+            };
+            match downlinks.send(&d.source, order) {
+                Ok(()) => {
+                    self.metrics.downlink_sent.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    if self.metrics.downlink_refused.fetch_add(1, Relaxed) == 0 {
+                        tracing::warn!(pipeline, error = %e,
+                            "a stage's downlink command was not sent (further ones are counted, not logged)");
+                    }
+                }
+            }
         }
     }
 

@@ -54,6 +54,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// The group-commit window ([`Window`]).
     pub commit_window: Duration,
+    /// Where stages' downlink commands (`serial_send`) go.
+    pub downlinks: Arc<crate::sources::serial::downlink::Downlinks>,
 }
 
 impl Shared {
@@ -66,7 +68,8 @@ impl Shared {
             self.syncer.clone(),
             self.stopping.clone(),
         )
-        .with_beat(beat.clone());
+        .with_beat(beat.clone())
+        .with_downlinks(self.downlinks.clone());
         self.registry.intake(intake.metrics.clone());
         (intake, beat)
     }

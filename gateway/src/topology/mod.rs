@@ -209,12 +209,14 @@ impl Topology {
                 .name("store-sync".into())
                 .spawn(move || run_syncer(store, sync_rx, wake, stopping, m, beat))?
         };
+        let downlinks = Arc::new(serial::downlink::Downlinks::default());
         let shared = lanes::Shared {
             store: store.clone(),
             syncer: sync_tx,
             stopping: stopping.clone(),
             registry: registry.clone(),
             commit_window: cfg.store.commit_window,
+            downlinks: downlinks.clone(),
         };
         // Status shows the pipelines from the start, before any record.
         registry.publish_pipelines(router.pipelines());
@@ -249,7 +251,7 @@ impl Topology {
             control: None,
             handle: handle.clone(),
             config_file: std::path::PathBuf::from(&cfg.file),
-            downlinks: Arc::new(serial::downlink::Downlinks::default()),
+            downlinks,
         };
         for src in &cfg.sources {
             tasks.start_source(src);
