@@ -51,6 +51,10 @@ const APT_PACKAGES: &[&str] = &[
     // mkfs.ext4 and fsfreeze: the watchdog test freezes a loop-mounted ext4.
     "e2fsprogs",
     "util-linux",
+    // The W1 modules on an emulated Cortex-M4 (mps2-an386), and readelf
+    // for the firmware's footprint.
+    "qemu-system-arm",
+    "binutils",
 ];
 
 /// What the ARM builds and their qemu-user runs need. The cross compilers

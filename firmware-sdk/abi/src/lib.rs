@@ -25,6 +25,15 @@ pub mod records;
 /// The ABI version this crate describes.
 pub const VERSION: u32 = 1;
 
+/// What host calls cost in fuel, on the gateway and on a node alike
+/// (ABI.md, section 6): so a record costs the same fuel on both.
+pub mod fuel {
+    /// Fuel every host call costs, whatever it does.
+    pub const HOST_CALL: u64 = 8;
+    /// Bytes of host work one unit of fuel pays for.
+    pub const BYTES_PER_FUEL: u64 = 4;
+}
+
 /// Module name of every host import.
 pub const IMPORT_MODULE: &str = "weir";
 

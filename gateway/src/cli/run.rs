@@ -32,6 +32,20 @@ pub struct RunArgs {
     /// Topic for bare payloads; `{field}` takes the payload's field.
     #[arg(long, default_value = "sensors/{id}/telemetry")]
     topic: String,
+    /// How output records are written: JSON lines, or each record's CBOR
+    /// bytes in hex (to compare outputs byte for byte; dead letters stay
+    /// JSON).
+    #[arg(long, value_enum, default_value = "json")]
+    output: OutputFormat,
+}
+
+/// `weir run --output`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    /// One JSON object per record.
+    Json,
+    /// One line of hex per record: its ABI v1 CBOR.
+    CborHex,
 }
 
 pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
@@ -76,7 +90,11 @@ pub(super) fn run(args: RunArgs) -> Result<(), Failure> {
                 continue;
             }
         };
-        output::dispatch_to(&mut router, &rec, &mut stdout)?;
+        let write = match args.output {
+            OutputFormat::Json => output::write_output,
+            OutputFormat::CborHex => output::write_output_hex,
+        };
+        output::dispatch_with(&mut router, &rec, &mut stdout, write)?;
     }
     stdout.flush()?;
     tracing::info!(records = lines, invalid, "input done");

@@ -40,11 +40,11 @@ pub const STATE_KEY_OVERHEAD: u64 = 96;
 pub const LOG_LINE_MAX: usize = 1024;
 
 /// Fuel every host call costs, whatever it does.
-pub const HOST_CALL_FUEL: u64 = 8;
+pub const HOST_CALL_FUEL: u64 = weir_abi::fuel::HOST_CALL;
 /// Bytes of host work one unit of fuel pays for. At wasmi's speed one unit
 /// is about one guest instruction, about a nanosecond; the host handles
 /// a few bytes in that time.
-pub const BYTES_PER_FUEL: u64 = 4;
+pub const BYTES_PER_FUEL: u64 = weir_abi::fuel::BYTES_PER_FUEL;
 
 /// Records emitted during one call, stored back to back.
 pub use weir_abi::records::Records as Outputs;
