@@ -520,6 +520,11 @@ fn test(root: &Path) -> Result<(), String> {
             "target/thumb",
         ]))?;
     }
+    // The example firmware (its own workspace): compile-checked, not run.
+    run(cargo()
+        .current_dir(root.join("firmware-sdk/examples/rp2040-sht31"))
+        .args(["build", "--release", "--quiet", "--target-dir"])
+        .arg(root.join("target/examples")))?;
     run(cargo().current_dir(root).args(["test", "--workspace"]))?;
     // ARM: both targets cross-built and their suites run under qemu-user;
     // then the .deb packages, each unit checked with systemd-analyze.
