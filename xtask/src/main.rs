@@ -77,7 +77,7 @@ const TASKS: &[(&str, &str)] = &[
     ("modules", "build every guest module into target/modules/"),
     (
         "demo",
-        "W1 store-and-forward between two throwaway local brokers (`demo run`: no broker)",
+        "W1 store-and-forward between two throwaway local brokers (`demo run`: no broker; `demo serial`: simulated sensor nodes)",
     ),
     (
         "test",
@@ -328,9 +328,102 @@ fn demo(root: &Path, rest: &[String]) -> Result<(), String> {
     }
     let dir = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let result = demo_forward(root, &dir, &weir, &samples);
+    let result = if rest.first().map(String::as_str) == Some("serial") {
+        demo_serial(root, &dir, &weir)
+    } else {
+        demo_forward(root, &dir, &weir, &samples)
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The serial path with no broker: `weir sim` (three simulated sensor
+/// nodes on a pseudo-terminal) feeds `weir serve`'s serial source and W1,
+/// whose records print on stdout; halfway, `weir sensor send` asks node 2
+/// to identify itself and prints its reply.
+fn demo_serial(root: &Path, dir: &Path, weir: &Path) -> Result<(), String> {
+    let dev = dir.join("sensors");
+    let w1 = std::fs::read_to_string(root.join("pipelines/w1.toml")).map_err(|e| e.to_string())?;
+    let w1 = w1.replace(
+        "modules_dir = \"../target/modules\"",
+        &format!(
+            "modules_dir = {:?}\ncontrol = {:?}",
+            root.join("target/modules").display().to_string(),
+            dir.join("weir.sock").display().to_string()
+        ),
+    );
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{w1}\n[[source]]\ntype = \"serial\"\nname = \"serial0\"\npath = {:?}\nframing = {{ mode = \"weir\" }}\n",
+            dev.display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let sim_out = std::fs::File::create(dir.join("sim.jsonl")).map_err(|e| e.to_string())?;
+    let mut sim = Child(
+        Command::new(weir)
+            .args(["sim", "--pty", "--link"])
+            .arg(&dev)
+            .args([
+                "--sensors",
+                "3",
+                "--rate",
+                "6",
+                "--count",
+                "36",
+                "--linger",
+                "1s",
+            ])
+            .stdout(sim_out)
+            .spawn()
+            .map_err(|e| format!("weir sim: {e}"))?,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dev.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err("weir sim made no pseudo-terminal".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "demo: 3 simulated sensor nodes on {}; weir serve runs W1 on them, records below",
+        dev.display()
+    );
+    let serve = Child(
+        Command::new(weir)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    eprintln!("demo: weir sensor send --source serial0 --sensor 2 identify");
+    run(Command::new(weir)
+        .args(["sensor", "send", "--config"])
+        .arg(&config)
+        .args(["--source", "serial0", "--sensor", "2", "identify"]))?;
+    let status = sim.0.wait().map_err(|e| e.to_string())?;
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status();
+    let mut serve = serve;
+    let _ = serve.0.wait();
+    let sent = std::fs::read_to_string(dir.join("sim.jsonl")).unwrap_or_default();
+    let replies = sent
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"reply\""))
+        .count();
+    eprintln!(
+        "demo: the simulator sent {} frames, {replies} of them replies",
+        sent.lines().count()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("weir sim: {status}"))
+    }
 }
 
 /// A child process killed (by PID) when dropped.

@@ -11,9 +11,17 @@ fn main() {
         let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
         here.join("../../../target/modules").display().to_string()
     });
-    for m in ["weir_w1_range_filter", "weir_w1_enrich", "weir_w1_moving_average"] {
+    for m in [
+        "weir_w1_range_filter",
+        "weir_w1_enrich",
+        "weir_w1_moving_average",
+    ] {
         let path = PathBuf::from(&modules).join(format!("{m}.wasm"));
-        assert!(path.exists(), "{} missing: build the modules first (cargo xtask modules)", path.display());
+        assert!(
+            path.exists(),
+            "{} missing: build the modules first (cargo xtask modules)",
+            path.display()
+        );
         println!("cargo:rerun-if-changed={}", path.display());
     }
     println!("cargo:rustc-env=WEIR_MODULES_DIR={modules}");

@@ -26,9 +26,15 @@ static HEAP: Heap = Heap::empty();
 const HEAP_SIZE: usize = 2 * 1024 * 1024;
 const PASSES: u32 = 5;
 
-const RANGE_FILTER: &[u8] = include_bytes!(concat!(env!("WEIR_MODULES_DIR"), "/weir_w1_range_filter.wasm"));
+const RANGE_FILTER: &[u8] = include_bytes!(concat!(
+    env!("WEIR_MODULES_DIR"),
+    "/weir_w1_range_filter.wasm"
+));
 const ENRICH: &[u8] = include_bytes!(concat!(env!("WEIR_MODULES_DIR"), "/weir_w1_enrich.wasm"));
-const MOVING_AVERAGE: &[u8] = include_bytes!(concat!(env!("WEIR_MODULES_DIR"), "/weir_w1_moving_average.wasm"));
+const MOVING_AVERAGE: &[u8] = include_bytes!(concat!(
+    env!("WEIR_MODULES_DIR"),
+    "/weir_w1_moving_average.wasm"
+));
 
 /// W1's stage configs, as pipelines/w1.toml gives them:
 /// `{min = -40.0, max = 85.0}`, none, `{window = 10}`.
@@ -44,7 +50,14 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         let _ = writeln!(out, "edge: panic: {info}");
     }
     debug::exit(debug::EXIT_FAILURE);
-    loop {}
+    halt()
+}
+
+/// Stop: semihosting's exit ends QEMU; on a board, sleep.
+fn halt() -> ! {
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
 
 /// A whole host file over semihosting.
@@ -77,16 +90,17 @@ fn main() -> ! {
         // SAFETY: called once, before any allocation.
         unsafe { HEAP.init(core::ptr::addr_of_mut!(MEM) as usize, HEAP_SIZE) }
     }
-    let mut out = hio::hstdout().unwrap_or_else(|_| loop {});
+    let mut out = hio::hstdout().unwrap_or_else(|_| halt());
     let Some(input) = read_file("edge-input.bin\0") else {
         let _ = writeln!(out, "edge: cannot read edge-input.bin");
         debug::exit(debug::EXIT_FAILURE);
-        loop {}
+        halt()
     };
     let mut records = Vec::new();
     let mut at = 0;
     while at + 4 <= input.len() {
-        let n = u32::from_le_bytes([input[at], input[at + 1], input[at + 2], input[at + 3]]) as usize;
+        let n =
+            u32::from_le_bytes([input[at], input[at + 1], input[at + 2], input[at + 3]]) as usize;
         records.push(&input[at + 4..at + 4 + n]);
         at += 4 + n;
     }
@@ -98,12 +112,14 @@ fn main() -> ! {
         max_output_bytes: 16 * 1024,
         ..Limits::default()
     };
-    let stage = |wasm: &[u8], config: &[u8], grants: &[Grant]| match Stage::new(&engine, wasm, config, grants, limits, None) {
+    let stage = |wasm: &[u8], config: &[u8], grants: &[Grant]| match Stage::new(
+        &engine, wasm, config, grants, limits, None,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(hio::hstdout().unwrap(), "edge: {e}");
             debug::exit(debug::EXIT_FAILURE);
-            loop {}
+            halt()
         }
     };
     let mut w1 = Pipeline::new(vec![
@@ -139,5 +155,5 @@ fn main() -> ! {
         records.len()
     );
     debug::exit(debug::EXIT_SUCCESS);
-    loop {}
+    halt()
 }

@@ -18,7 +18,9 @@ use hal::Clock;
 use hal::fugit::RateExtU32;
 use hal::gpio::{FunctionI2C, FunctionUart, Pins, PullUp};
 use hal::pac;
-use hal::uart::{DataBits, Enabled, StopBits, UartConfig, UartDevice, UartPeripheral, ValidUartPinout};
+use hal::uart::{
+    DataBits, Enabled, StopBits, UartConfig, UartDevice, UartPeripheral, ValidUartPinout,
+};
 use weir_sensor::sht3x::{Address, Sht3x};
 use weir_sensor::{Command, Error as _, Identity, Node, Reading};
 
@@ -93,7 +95,12 @@ fn main() -> ! {
     .ok()
     .unwrap();
     let sio = hal::Sio::new(pac.SIO);
-    let pins = Pins::new(pac.IO_BANK0, pac.PADS_BANK0, sio.gpio_bank0, &mut pac.RESETS);
+    let pins = Pins::new(
+        pac.IO_BANK0,
+        pac.PADS_BANK0,
+        sio.gpio_bank0,
+        &mut pac.RESETS,
+    );
     let mut timer = hal::Timer::new(pac.TIMER, &mut pac.RESETS, &clocks);
     let mut led = pins.gpio25.into_push_pull_output();
 
@@ -137,11 +144,14 @@ fn main() -> ! {
                 failures += 1;
                 Reading::new(&mut buf)
                     .text("id", NAME)
-                    .text("error", match e.kind() {
-                        weir_sensor::ErrorKind::NoAcknowledge => "sensor not answering",
-                        weir_sensor::ErrorKind::Crc => "reading failed its CRC",
-                        _ => "I2C bus error",
-                    })
+                    .text(
+                        "error",
+                        match e.kind() {
+                            weir_sensor::ErrorKind::NoAcknowledge => "sensor not answering",
+                            weir_sensor::ErrorKind::Crc => "reading failed its CRC",
+                            _ => "I2C bus error",
+                        },
+                    )
                     .finish()
             }
         };
