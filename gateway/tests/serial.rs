@@ -24,35 +24,9 @@ struct Pty {
 
 impl Pty {
     fn new(dir: &Path) -> Pty {
-        use std::os::fd::FromRawFd;
-        let (mut master, mut slave) = (-1, -1);
-        let mut name = [0 as libc::c_char; 128];
-        // SAFETY: the out-pointers are valid; `name` has room for any pts path.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                name.as_mut_ptr(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: `slave` is an open tty descriptor owned here; `name` was
-        // NUL-terminated by openpty; `master` is owned by the File from here.
-        let (path, master) = unsafe {
-            // Raw, no echo (as a UART is): nothing is echoed back into the
-            // master's buffer, which nobody reads.
-            let mut t: libc::termios = std::mem::zeroed();
-            assert_eq!(libc::tcgetattr(slave, &mut t), 0);
-            libc::cfmakeraw(&mut t);
-            assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
-            libc::close(slave);
-            let path = std::ffi::CStr::from_ptr(name.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            (path, std::fs::File::from_raw_fd(master))
-        };
+        // The simulator's: raw, no echo, the slave side closed until weir
+        // opens it.
+        let (master, path) = weir::sim::open_pty().expect("openpty");
         let dev = dir.join("dev");
         std::os::unix::fs::symlink(path, &dev).unwrap();
         Pty { master, dev }

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use weir::record::{Record, json_to_cbor};
+/// The simulator's seeded generator (xorshift64*).
+use weir::sim::Rng;
 
 /// Number of distinct sensors.
 pub const SENSORS: u64 = 100;
@@ -29,18 +31,6 @@ pub struct Reading {
 }
 
 /// xorshift64*: a small deterministic generator, so runs are comparable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn round_to(x: f64, decimals: i32) -> f64 {
     let m = 10f64.powi(decimals);
@@ -49,7 +39,7 @@ fn round_to(x: f64, decimals: i32) -> f64 {
 
 /// `n` readings from a seeded generator.
 pub fn generate(n: usize, seed: u64) -> Vec<Reading> {
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     (0..n as u64)
         .map(|seq| {
             let out_of_range = rng.unit() < 0.02;
