@@ -73,7 +73,7 @@ impl Rng {
         Rng(seed.max(1))
     }
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn bits(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -81,7 +81,7 @@ impl Rng {
     }
     /// A float in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.bits() >> 11) as f64 / (1u64 << 53) as f64
     }
     fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.unit() < p
@@ -158,8 +158,8 @@ impl Bus {
         let mut noise = Vec::new();
         let mut bytes = Vec::new();
         if self.rng.chance(self.noise.garbage) {
-            let n = 1 + self.rng.next() % 16;
-            bytes.extend((0..n).map(|_| self.rng.next() as u8));
+            let n = 1 + self.rng.bits() % 16;
+            bytes.extend((0..n).map(|_| self.rng.bits() as u8));
             noise.push("garbage");
         }
         let dropped = self.rng.chance(self.noise.drops);
@@ -168,8 +168,8 @@ impl Bus {
         } else {
             if self.rng.chance(self.noise.flips) && frame.len() > 2 {
                 // Inside the frame, not its delimiters.
-                let i = 1 + (self.rng.next() as usize) % (frame.len() - 2);
-                frame[i] ^= 1 << (self.rng.next() % 8);
+                let i = 1 + (self.rng.bits() as usize) % (frame.len() - 2);
+                frame[i] ^= 1 << (self.rng.bits() % 8);
                 noise.push("flipped");
             }
             bytes.extend_from_slice(&frame);
@@ -349,7 +349,7 @@ pub fn run(
                     u64::from(interval_ms) * u64::from(id - 1) / u64::from(plan.sensors),
                 ),
             temp: 10.0 + rng.unit() * 15.0,
-            bat_mv: 3000 + rng.next() % 300,
+            bat_mv: 3000 + rng.bits() % 300,
             seq: 0,
         })
         .collect();

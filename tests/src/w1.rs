@@ -53,11 +53,11 @@ pub fn generate(n: usize, seed: u64) -> Vec<Reading> {
                 -10.0 + rng.unit() * 50.0
             };
             Reading {
-                id: format!("s{}", rng.next() % SENSORS),
+                id: format!("s{}", rng.bits() % SENSORS),
                 ts: TS0 + seq * 10,
                 temp_c: round_to(temp_c, 2),
                 hum: round_to(5.0 + rng.unit() * 94.0, 1),
-                bat_mv: 2900 + rng.next() % 400,
+                bat_mv: 2900 + rng.bits() % 400,
                 seq,
             }
         })
