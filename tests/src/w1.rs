@@ -30,8 +30,6 @@ pub struct Reading {
     pub seq: u64,
 }
 
-/// xorshift64*: a small deterministic generator, so runs are comparable.
-
 fn round_to(x: f64, decimals: i32) -> f64 {
     let m = 10f64.powi(decimals);
     (x * m).round() / m
