@@ -395,6 +395,10 @@ pub struct SourceStats {
     pub seq_resets: u64,
     /// Records dropped because the pipelines were full (serial `when_full`).
     pub dropped_full: u64,
+    /// Downlink commands written to sensor nodes (serial).
+    pub commands: u64,
+    /// Replies from sensor nodes (serial).
+    pub replies: u64,
 }
 
 impl SourceStats {
@@ -423,6 +427,8 @@ impl SourceStats {
                 lost_frames: 0,
                 seq_resets: 0,
                 dropped_full: 0,
+                commands: 0,
+                replies: 0,
             },
             SourceCounters::Serial(m) => SourceStats {
                 name: name.to_string(),
@@ -439,6 +445,8 @@ impl SourceStats {
                 lost_frames: m.lost_frames.load(Relaxed),
                 seq_resets: m.seq_resets.load(Relaxed),
                 dropped_full: m.dropped_full.load(Relaxed),
+                commands: m.commands.load(Relaxed),
+                replies: m.replies.load(Relaxed),
             },
         }
     }
