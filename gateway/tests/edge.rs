@@ -251,3 +251,66 @@ fn w1_on_an_emulated_cortex_m4_gives_the_gateways_records_byte_for_byte() {
     );
     assert!(flash > 0 && flash < 4 << 20);
 }
+
+#[test]
+fn the_edge_host_refuses_what_a_node_cannot_give_and_bounds_a_runaway_module() {
+    use weir_edge::{Error, Limits, Stage};
+    let engine = weir_edge::engine();
+    let limits = Limits {
+        fuel: 10_000,
+        ..Limits::default()
+    };
+    let module = |imports: &str, body: &str| {
+        wat::parse_str(format!(
+            r#"(module {imports}
+                (memory (export "memory") 1)
+                (func (export "weir_abi_v1"))
+                (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+                (func (export "weir_transform") (param i32 i32) (result i32) {body}))"#
+        ))
+        .unwrap()
+    };
+    // The clock and the downlink need the gateway: refused at load, named.
+    for (name, sig) in [
+        ("clock_now_ms", "(result i64)"),
+        ("serial_send", "(param i32 i32 i32 i32 i32) (result i32)"),
+    ] {
+        let wasm = module(
+            &format!(r#"(import "weir" "{name}" (func {sig}))"#),
+            "(i32.const 0)",
+        );
+        match Stage::new(&engine, &wasm, &[0xa0], &[], limits, None) {
+            Err(Error::Import(why)) => assert!(why.contains(name), "{why}"),
+            other => panic!("{name}: {:?}", other.err()),
+        }
+    }
+    let (_, cbor) = samples();
+    // A loop that never ends runs out of fuel; the next record runs again.
+    let wasm = module("", "(loop $l (br $l)) (i32.const 0)");
+    let mut s = Stage::new(&engine, &wasm, &[0xa0], &[], limits, None).unwrap();
+    assert_eq!(s.process(&cbor[0]).err(), Some(Error::OutOfFuel));
+    assert!(s.last_fuel >= 10_000);
+    assert_eq!(s.process(&cbor[1]).err(), Some(Error::OutOfFuel));
+    // A trap is an error, not a crash.
+    let mut s = Stage::new(
+        &engine,
+        &module("", "unreachable"),
+        &[0xa0],
+        &[],
+        limits,
+        None,
+    )
+    .unwrap();
+    assert!(matches!(s.process(&cbor[0]), Err(Error::Trap(_))));
+    // A failure status with a reason keeps the reason.
+    let wasm = module(
+        r#"(import "weir" "fail" (func $fail (param i32 i32) (result i32)))
+           (data (i32.const 0) "too hot")"#,
+        "(drop (call $fail (i32.const 0) (i32.const 7))) (i32.const 0)",
+    );
+    let mut s = Stage::new(&engine, &wasm, &[0xa0], &[], limits, None).unwrap();
+    assert_eq!(
+        s.process(&cbor[0]).err(),
+        Some(Error::Status(2, Some("too hot".into())))
+    );
+}
