@@ -272,13 +272,16 @@ fn modules_are_checked_and_turn_status_on() {
 fn the_commit_window_has_a_default_and_its_old_name() {
     let dir = dir_with_module();
     let cfg = parse(dir.path(), GOOD).unwrap();
-    assert_eq!(cfg.store.commit_window, std::time::Duration::from_millis(5));
+    assert_eq!(
+        cfg.store.commit_window,
+        std::time::Duration::from_millis(20)
+    );
     for key in ["commit_window", "sync_every"] {
-        let text = format!("[store]\n{key} = \"20ms\"\n{GOOD}");
+        let text = format!("[store]\n{key} = \"7ms\"\n{GOOD}");
         let cfg = parse(dir.path(), &text).unwrap();
         assert_eq!(
             cfg.store.commit_window,
-            std::time::Duration::from_millis(20),
+            std::time::Duration::from_millis(7),
             "{key}"
         );
     }

@@ -22,7 +22,10 @@ pub struct StoreConfig {
     /// sooner once a source that waits for acknowledgements (MQTT QoS 1)
     /// goes quiet. `"0ms"`: sync whenever the input runs dry (a sync per
     /// record at low rates). Records are acknowledged upstream only once
-    /// synced, either way. (`sync_every` is its old name.)
+    /// synced, either way. The window is a ceiling: the span a batch
+    /// actually stays open adapts to the rate (about 32 inputs' worth,
+    /// at least 1 ms), so only slow flows wait the whole window.
+    /// Default 20 ms. (`sync_every` is its old name.)
     #[serde(
         default = "default_commit_window",
         deserialize_with = "duration",
@@ -50,7 +53,7 @@ impl Default for StoreConfig {
 }
 
 fn default_commit_window() -> Duration {
-    Duration::from_millis(5)
+    Duration::from_millis(20)
 }
 
 fn yes() -> bool {

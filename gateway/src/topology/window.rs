@@ -24,6 +24,14 @@
 //! So a quiet gateway syncs each record as it comes; a busy one syncs
 //! at most once per window.
 //!
+//! The window adapts to the rate: the configured window is the longest
+//! it gets, and the span actually used is the time [`TARGET_BATCH`]
+//! inputs take to arrive at the rate measured over the last batches (at
+//! least [`MIN_HOLD`]). A slow flow (1,000/s) gets the whole window, so a
+//! sync and its wakes are shared by about twenty records instead of five;
+//! a fast one (15,000/s) gets about 2 ms, where the batch is large
+//! anyway, and records wait no longer than they need to.
+//!
 //! Waking a thread costs more than handling a W1 record, so under a
 //! steady flow the pipeline thread also takes its input in batches: after
 //! a batch of several inputs that ran dry and did not wait on a source, it
@@ -41,6 +49,11 @@ pub const MAX_BATCH: usize = 512;
 /// How long a batch stays open at most with a zero window (under a
 /// backlog that never lets the input run dry).
 pub const MIN_HOLD: Duration = Duration::from_millis(1);
+
+/// The batch the adaptive span aims for: enough inputs that a sync's
+/// fixed cost (sled's flush, `fdatasync`, the wakes of the sync and sink
+/// threads) is a small share of each, measured at 1,000 and 5,000/s.
+pub const TARGET_BATCH: u32 = 32;
 
 /// The shortest quiet spell taken as a stalled source.
 pub const MIN_STALL: Duration = Duration::from_micros(200);
@@ -64,6 +77,12 @@ pub struct Window {
     rest: Option<Instant>,
     /// Whether the open batch gathered during a rest.
     rested: bool,
+    /// When the last batch closed.
+    last_close: Option<Instant>,
+    /// The time between inputs, measured batch by batch (the time since
+    /// the previous batch closed over the inputs this one held): input
+    /// taken in bursts after a rest skews the gap between takes, this not.
+    interval: Duration,
 }
 
 impl Window {
@@ -79,7 +98,21 @@ impl Window {
             gap: window,
             rest: None,
             rested: false,
+            last_close: None,
+            interval: window,
         }
+    }
+
+    /// The span a batch stays open and the pipeline rests for: the time
+    /// [`TARGET_BATCH`] inputs take at the measured rate, within
+    /// [`MIN_HOLD`] and the configured window.
+    pub fn span(&self) -> Duration {
+        if self.window.is_zero() {
+            return Duration::ZERO;
+        }
+        self.interval
+            .saturating_mul(TARGET_BATCH)
+            .clamp(MIN_HOLD.min(self.window), self.window)
     }
 
     /// An input was added to the batch at `now`; `waited_on`: its
@@ -104,7 +137,7 @@ impl Window {
 
     /// How long a quiet input means a stalled source.
     fn stall(&self) -> Duration {
-        (self.gap * 2).clamp(MIN_STALL, self.window.max(MIN_STALL))
+        (self.gap * 2).clamp(MIN_STALL, self.span().max(MIN_STALL))
     }
 
     /// Whether the batch should close now; `dry`: no input is waiting.
@@ -117,7 +150,7 @@ impl Window {
         }
         // However the batch began: a slow pipeline with a backlog never
         // runs dry, and its inputs wait for this sync.
-        if now.saturating_duration_since(opened) >= self.window.max(MIN_HOLD) {
+        if now.saturating_duration_since(opened) >= self.span().max(MIN_HOLD) {
             return true;
         }
         if self.window.is_zero() || self.after_quiet || self.rested {
@@ -135,7 +168,7 @@ impl Window {
         if self.window.is_zero() || self.after_quiet || self.rested {
             return Some(opened);
         }
-        let end = opened + self.window;
+        let end = opened + self.span();
         match (self.waited_on, self.last_input) {
             (true, Some(l)) => Some(end.min(l + self.stall())),
             _ => Some(end),
@@ -155,15 +188,33 @@ impl Window {
     /// The batch was closed (handed to the sync thread) at `now`; `dry`:
     /// no input was waiting.
     pub fn closed(&mut self, now: Instant, dry: bool) {
+        let span = self.span();
         let full_window = self
             .opened
-            .is_some_and(|o| now.saturating_duration_since(o) >= self.window);
+            .is_some_and(|o| now.saturating_duration_since(o) >= span);
         let steady = !self.window.is_zero()
             && dry
             && !self.waited_on
             && self.held >= 2
             && (self.rested || full_window);
-        self.rest = steady.then(|| now + self.window);
+        self.rest = steady.then(|| now + span);
+        // The rate over this batch: a faster flow is taken at once (its
+        // records should not wait for a span sized for a slower one), a
+        // slower one half and half with the old measure, so one odd batch
+        // does not swing the span far. A batch after a quiet
+        // spell measures the quiet, which gives the longest span: the
+        // next batch under a steady flow measures the flow again.
+        if let Some(last) = self.last_close
+            && self.held > 0
+        {
+            let per = now.saturating_duration_since(last) / self.held as u32;
+            self.interval = if per < self.interval {
+                per
+            } else {
+                (self.interval + per.min(self.window)) / 2
+            };
+        }
+        self.last_close = Some(now);
         self.rested = false;
         self.opened = None;
         self.held = 0;
@@ -271,13 +322,60 @@ mod tests {
         assert!(sizes.len() <= 220, "{} batches", sizes.len());
         assert!(wakes <= 450, "{wakes} wakes");
         assert!(worst <= ms(6), "a record waited {worst:?}");
-        // And 15,000/s.
+        // And 15,000/s: the span is shorter than the window there (see
+        // `the_span_adapts_to_the_rate`), batches still hold many inputs.
         let at: Vec<f64> = (0..15_000).map(|i| i as f64 / 15.0).collect();
         let (sizes, worst, wakes) = play(ms(5), &at, false);
         assert_eq!(sizes.iter().sum::<usize>(), 15_000);
-        assert!(sizes.len() <= 220, "{} batches", sizes.len());
-        assert!(wakes <= 450, "{wakes} wakes");
+        assert!(sizes.len() <= 15_000 / 16, "{} batches", sizes.len());
+        assert!(wakes <= 2 * sizes.len() + 10, "{wakes} wakes");
         assert!(worst <= ms(6), "a record waited {worst:?}");
+    }
+
+    #[test]
+    fn the_span_adapts_to_the_rate() {
+        // A 20 ms window. At 1,000/s the whole window is used: about
+        // twenty records per sync rather than five.
+        let at: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+        let (sizes, worst, wakes) = play(ms(20), &at, false);
+        assert_eq!(sizes.iter().sum::<usize>(), 1000);
+        assert!(sizes.len() <= 60, "{} batches", sizes.len());
+        assert!(wakes <= 130, "{wakes} wakes");
+        assert!(worst <= ms(21), "a record waited {worst:?}");
+        // At 15,000/s the span shrinks to what TARGET_BATCH inputs take
+        // (about 2 ms): batches stay large, records wait far less than
+        // the window.
+        let at: Vec<f64> = (0..15_000).map(|i| i as f64 / 15.0).collect();
+        let (sizes, worst, wakes) = play(ms(20), &at, false);
+        assert_eq!(sizes.iter().sum::<usize>(), 15_000);
+        let steady = &sizes[sizes.len() / 2..];
+        let mean = steady.iter().sum::<usize>() / steady.len();
+        assert!(worst <= ms(21), "a record waited {worst:?}");
+        assert!(
+            wakes <= 3 * sizes.len(),
+            "{wakes} wakes for {} batches",
+            sizes.len()
+        );
+        assert!(mean >= TARGET_BATCH as usize / 2, "mean batch {mean}");
+        assert!(mean <= TARGET_BATCH as usize * 2, "mean batch {mean}");
+        let late: Vec<f64> = (0..15_000).map(|i| 1000.0 + i as f64 / 15.0).collect();
+        let mut w = Window::new(ms(20));
+        let t0 = Instant::now();
+        for (i, &a) in at.iter().chain(&late).enumerate() {
+            let now = t0 + Duration::from_secs_f64(a / 1000.0);
+            w.input(now, false);
+            if i % TARGET_BATCH as usize == TARGET_BATCH as usize - 1 {
+                w.closed(now, true);
+            }
+        }
+        assert!(w.span() <= ms(3), "span {:?} at 15,000/s", w.span());
+        // And back to a slow flow: the span grows again.
+        for i in 0..200 {
+            let now = t0 + ms(3000 + i * 5);
+            w.input(now, false);
+            w.closed(now, true);
+        }
+        assert_eq!(w.span(), ms(20));
     }
 
     #[test]
