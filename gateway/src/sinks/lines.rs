@@ -161,10 +161,14 @@ pub async fn run(
             }
             t - now
         } else {
+            // A memory queue needs no sync, but entries still reach it out
+            // of order when pipelines run on threads of their own: read
+            // only below what every writer has committed, or a late
+            // lower number is passed over for good.
             let below = if queue.is_durable() {
                 store.durable_seq()
             } else {
-                u64::MAX
+                store.deliverable()
             };
             // Bounded in bytes too: 256 large records are not read at once.
             let batch = selector.take(&queue, below, 256.max(cfg.batch), cfg.inflight_bytes.0);

@@ -200,6 +200,39 @@ fn filled(n: u64) -> (Store, std::sync::Arc<Queue>) {
 }
 
 #[test]
+fn a_memory_queue_is_read_only_below_what_every_writer_has_committed() {
+    // Two pipeline threads share the store's numbering: one takes 1 and
+    // is still at work when the other commits 2. A sink that read past 2
+    // would never come back for 1 (what `a_slow_pipeline_does_not_starve_
+    // another` once lost under emulation): it reads below `deliverable`.
+    let (store, q) = filled(0);
+    let (slow, fast) = (store.writer(), store.writer());
+    let seqs = |v: Vec<Entry>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let mut s = Selector::new(None);
+    store.hold_from(&slow);
+    let one = store.take_seq();
+    store.hold_from(&fast);
+    let two = store.take_seq();
+    q.push(two, &entry::encode(Kind::Record, 1, "p", b"fast"));
+    fast.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    assert!(s.take(&q, store.deliverable(), 10, u64::MAX).is_empty());
+    q.push(one, &entry::encode(Kind::Record, 1, "p", b"slow"));
+    slow.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        seqs(s.take(&q, store.deliverable(), 10, u64::MAX)),
+        [one, two]
+    );
+    // Reading past the mark, as before, skips the late one for good.
+    let (store, q) = filled(0);
+    let mut s = Selector::new(None);
+    let (one, two) = (store.take_seq(), store.take_seq());
+    q.push(two, &entry::encode(Kind::Record, 1, "p", b"fast"));
+    assert_eq!(seqs(s.take(&q, u64::MAX, 10, u64::MAX)), [two]);
+    q.push(one, &entry::encode(Kind::Record, 1, "p", b"slow"));
+    assert!(s.take(&q, u64::MAX, 10, u64::MAX).is_empty());
+}
+
+#[test]
 fn selector_in_order_and_rewind() {
     let (store, q) = filled(5);
     let mut s = Selector::new(None);

@@ -268,9 +268,11 @@ impl Intake {
             return;
         }
         let stored = entry::encode(kind, self.received_ms, pipeline, body);
-        // One sequence number per record: the same message id in every sink.
-        self.store.hold_from(&self.low);
-        let seq = self.store.take_seq();
+        // Room first, then the number: a writer that waits for room holds
+        // no number, so it never holds back what other pipeline threads
+        // committed after it (a full queue of their entries would then
+        // wait for it, and it for them).
+        let mut admitted = Vec::with_capacity(wanted.len());
         for i in wanted {
             let q = self.routes[i].queue.clone();
             let need = stored.len() as u64;
@@ -305,6 +307,15 @@ impl Intake {
                     }
                 }
             }
+            admitted.push(i);
+        }
+        if admitted.is_empty() {
+            return;
+        }
+        // One sequence number per record: the same message id in every sink.
+        self.store.hold_from(&self.low);
+        let seq = self.store.take_seq();
+        for i in admitted {
             self.puts.push((i, seq, stored.clone()));
         }
     }
